@@ -1,0 +1,198 @@
+"""Known checkpoints and the built-in tiny models: one table drives the CLI, loading and the tests."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig, MistralConfig,
+                          Qwen2_5_VLConfig)
+
+from ..errors import UserError
+from .base import Backbone
+from .llava import LlavaBackbone, LlavaNextBackbone
+from .qwen2_5_vl import Qwen25VLBackbone
+
+TINY_SEED = 0
+
+
+def _qwen_config(text: dict, vision: dict, **ids) -> Qwen2_5_VLConfig:
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+
+
+def tiny_qwen_config() -> Qwen2_5_VLConfig:
+    return _qwen_config(
+        dict(hidden_size=128, intermediate_size=256, num_hidden_layers=6, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=1024, max_position_embeddings=4096, rms_norm_eps=1e-6,
+             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+             bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=14, spatial_merge_size=2,
+             temporal_patch_size=2, window_size=56, out_hidden_size=128, fullatt_block_indexes=[1]),
+        image_token_id=1000, video_token_id=1001, vision_start_token_id=1002, vision_end_token_id=1003,
+    )
+
+
+def qwen7b_config() -> Qwen2_5_VLConfig:
+    return _qwen_config(
+        dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+             num_key_value_heads=4, vocab_size=152064, max_position_embeddings=128000, rms_norm_eps=1e-6,
+             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+             bos_token_id=151643, eos_token_id=151645, tie_word_embeddings=False),
+        dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
+             temporal_patch_size=2, window_size=112, out_hidden_size=3584, fullatt_block_indexes=[7, 15, 23, 31]),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+    )
+
+
+def qwen3b_config() -> Qwen2_5_VLConfig:
+    return _qwen_config(
+        dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+             num_key_value_heads=2, vocab_size=151936, max_position_embeddings=128000, rms_norm_eps=1e-6,
+             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+             bos_token_id=151643, eos_token_id=151645, tie_word_embeddings=True),
+        dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
+             temporal_patch_size=2, window_size=112, out_hidden_size=2048, fullatt_block_indexes=[7, 15, 23, 31]),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+    )
+
+
+def _clip(**kw) -> CLIPVisionConfig:
+    return CLIPVisionConfig(**kw)
+
+
+def tiny_llava_config() -> LlavaConfig:
+    return LlavaConfig(
+        vision_config=_clip(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            image_size=56, patch_size=14, projection_dim=64),
+        text_config=LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=6, num_attention_heads=4,
+                                num_key_value_heads=2, vocab_size=1024, max_position_embeddings=4096,
+                                bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        image_token_index=1000, vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+
+
+def tiny_llava_next_config() -> LlavaNextConfig:
+    return LlavaNextConfig(
+        vision_config=_clip(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            image_size=28, patch_size=14, projection_dim=64),
+        text_config=MistralConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=6, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=1024, max_position_embeddings=4096,
+                                  sliding_window=None, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        image_token_index=1000, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        image_grid_pinpoints=[[28, 56], [56, 28], [56, 56], [28, 84], [84, 28]],
+    )
+
+
+def llava15_7b_config() -> LlavaConfig:
+    return LlavaConfig(
+        vision_config=_clip(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                            image_size=336, patch_size=14, projection_dim=768),
+        text_config=LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                num_attention_heads=32, num_key_value_heads=32, vocab_size=32064,
+                                max_position_embeddings=4096, rms_norm_eps=1e-5),
+        image_token_index=32000, vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+
+
+def llava_next_7b_config() -> LlavaNextConfig:
+    return LlavaNextConfig(
+        vision_config=_clip(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                            image_size=336, patch_size=14, projection_dim=768),
+        text_config=MistralConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                  num_attention_heads=32, num_key_value_heads=8, vocab_size=32064,
+                                  max_position_embeddings=32768, rms_norm_eps=1e-5, sliding_window=None,
+                                  rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+        image_token_index=32000, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+    )
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    backbone: type[Backbone]
+    make_config: Callable
+    profile: str  # shipped profile name under calibration/profiles
+    description: str
+    hf_repo: str | None = None  # None: built-in tiny model, always random-initialised from a fixed seed
+
+    @property
+    def tiny(self) -> bool:
+        return self.hf_repo is None
+
+
+MODELS = {e.name: e for e in [
+    ModelEntry("qwen2.5-vl-7b", Qwen25VLBackbone, qwen7b_config, "qwen2.5-vl-7b",
+               "Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
+    ModelEntry("qwen2.5-vl-3b", Qwen25VLBackbone, qwen3b_config, "qwen2.5-vl-3b",
+               "Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"),
+    ModelEntry("llava-1.5-7b", LlavaBackbone, llava15_7b_config, "llava-1.5-7b",
+               "LLaVA-1.5-7B (Vicuna)", "llava-hf/llava-1.5-7b-hf"),
+    ModelEntry("llava-next-7b", LlavaNextBackbone, llava_next_7b_config, "llava-next-7b",
+               "LLaVA-NeXT-7B (Mistral)", "llava-hf/llava-v1.6-mistral-7b-hf"),
+    ModelEntry("tiny-qwen2.5-vl", Qwen25VLBackbone, tiny_qwen_config, "tiny-qwen2.5-vl",
+               "built-in tiny Qwen2.5-VL (random, seed 0)"),
+    ModelEntry("tiny-llava", LlavaBackbone, tiny_llava_config, "tiny-llava",
+               "built-in tiny LLaVA-1.5 (random, seed 0)"),
+    ModelEntry("tiny-llava-next", LlavaNextBackbone, tiny_llava_next_config, "tiny-llava-next",
+               "built-in tiny LLaVA-NeXT (random, seed 0)"),
+]}
+
+TINY_MODELS = [name for name, entry in MODELS.items() if entry.tiny]
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+
+
+def hf_cache_dir() -> Path:
+    from huggingface_hub.constants import HF_HUB_CACHE
+    return Path(HF_HUB_CACHE)
+
+
+def _find_local_weights(entry: ModelEntry) -> str:
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(entry.hf_repo, local_files_only=True)
+    except Exception:
+        raise UserError(
+            f"no local weights for {entry.name}: not in the Hugging Face cache ({hf_cache_dir()}/"
+            f"models--{entry.hf_repo.replace('/', '--')}); pass --model-path DIR (a local checkpoint with "
+            f"safetensors) or --random-init") from None
+
+
+def build_random(entry: ModelEntry, config=None, dtype=torch.float32, seed: int = TINY_SEED) -> Backbone:
+    """The architecture with random weights from a fixed seed (tiny models, structure and speed work)."""
+    config = config if config is not None else entry.make_config()
+    torch.manual_seed(seed)
+    model = entry.backbone.hf_class(config).to(dtype)
+    return entry.backbone(model)
+
+
+def load_backbone(name: str, model_path: str | os.PathLike | None = None, random_init: bool = False,
+                  dtype=torch.float32) -> Backbone:
+    entry = get_entry(name)
+    if model_path is None and (entry.tiny or random_init):
+        return build_random(entry, dtype=dtype)
+    path = Path(model_path) if model_path is not None else Path(_find_local_weights(entry))
+    if not path.is_dir():
+        raise UserError(f"--model-path {path} is not a directory")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
+    if not any(path.glob("*.safetensors")):
+        raise UserError(f"{path} has no *.safetensors weights")
+    try:
+        model = entry.backbone.hf_class.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except Exception as exc:  # transformers raises many kinds for a broken checkpoint
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"could not load checkpoint {path}: {first}") from None
+    expected = entry.make_config().model_type
+    if model.config.model_type != expected:
+        raise UserError(f"{path} is a {model.config.model_type} checkpoint, not {expected} ({entry.name})")
+    return entry.backbone(model)

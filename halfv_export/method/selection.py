@@ -1,0 +1,104 @@
+"""Which visual tokens survive: HalfV anchors + coverage (fps / oneshot), SSR top-k, FastV, random.
+
+Every function takes the visual span of the CURRENT sequence and returns indices into that span,
+sorted ascending so that survivors keep their original order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .layers import apply_rope, repeat_kv, split_heads
+
+
+def anchor_relevance(layer, h_in, start: int, count: int, head_dim: int) -> torch.Tensor:
+    """HalfV relevance [B, N]: last token's attention over the visual keys of `layer` (its INPUT h_in).
+
+    No rotary embedding and no 1/sqrt(d) scale (as the authors tuned the shipped ratios); softmax over
+    the visual keys only, per head; mean over heads.
+    """
+    attn = layer.self_attn
+    x = layer.input_layernorm(h_in)
+    q = split_heads(attn.q_proj(x[:, -1:]), attn.q_proj.out_features // head_dim, head_dim)  # [B,H,1,hd]
+    kv_heads = attn.k_proj.out_features // head_dim
+    k = split_heads(attn.k_proj(x[:, start:start + count]), kv_heads, head_dim)  # [B,KVH,N,hd]
+    k = repeat_kv(k, q.shape[1] // kv_heads)
+    scores = torch.matmul(q, k.transpose(2, 3))[:, :, 0]  # [B,H,N]
+    return torch.softmax(scores.float(), dim=-1).mean(dim=1)
+
+
+def last_token_attention(layer, h_in, rope, start: int, count: int, head_dim: int) -> torch.Tensor:
+    """The last token's real attention row (RoPE, 1/sqrt(d), softmax over all keys), mean over heads,
+    restricted to the visual span: [B, N]. Used by SSR top-k and by FastV."""
+    attn = layer.self_attn
+    cos, sin = rope
+    x = layer.input_layernorm(h_in)
+    q = split_heads(attn.q_proj(x[:, -1:]), attn.q_proj.out_features // head_dim, head_dim)
+    q = apply_rope(q, cos[:, -1:], sin[:, -1:])
+    kv_heads = attn.k_proj.out_features // head_dim
+    k = apply_rope(split_heads(attn.k_proj(x), kv_heads, head_dim), cos, sin)
+    k = repeat_kv(k, q.shape[1] // kv_heads)
+    scores = torch.matmul(q, k.transpose(2, 3))[:, :, 0] * head_dim ** -0.5  # [B,H,S]
+    probs = torch.softmax(scores.float(), dim=-1).mean(dim=1)
+    return probs[:, start:start + count]
+
+
+def sorted_topk(scores: torch.Tensor, k) -> torch.Tensor:
+    """Indices of the k largest scores per row, in ascending index order."""
+    idx = torch.topk(scores, k, dim=-1).indices
+    return torch.sort(idx, dim=-1).values
+
+
+def normalized_features(final_norm, h, start: int, count: int) -> torch.Tensor:
+    """Coverage features: l2-normalised final_norm(h)[visual rows], [B, N, D]."""
+    f = final_norm(h[:, start:start + count]).float()
+    return torch.nn.functional.normalize(f, dim=-1)
+
+
+def _distance_to_anchors(features, anchors):
+    """[B, N]: min over anchors of (1 - cos) and the anchors' own rows, from l2-normalised features."""
+    anchor_feats = torch.gather(features, 1, anchors[..., None].expand(-1, -1, features.shape[-1]))
+    sim = torch.matmul(anchor_feats, features.transpose(1, 2))  # [B,A,N]
+    return (1.0 - sim).min(dim=1).values
+
+
+@torch.library.custom_op("halfv::fps_coverage", mutates_args=())
+def fps_coverage(features: torch.Tensor, anchors: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact HalfV coverage: greedy farthest-point sampling from the anchors until k tokens are kept.
+
+    Repeatedly adds the token maximising min over selected v of (1 - f_u . f_v); ties go to the lowest
+    index (as ONNX ArgMax does). Returns the kept set [B, k], sorted ascending.
+    A custom op so that the eager reference and the ONNX graph share one boundary: the exporter
+    translates it to an ONNX Loop (halfv_export.graphs).
+    """
+    batch, n, _ = features.shape
+    rows = torch.arange(batch)
+    selected = torch.zeros(batch, n, dtype=torch.bool)
+    selected[rows[:, None], anchors] = True
+    dist = _distance_to_anchors(features, anchors).masked_fill(selected, float("-inf"))
+    for _ in range(k - anchors.shape[1]):
+        u = dist.argmax(dim=1)
+        selected[rows, u] = True
+        row_dist = 1.0 - torch.matmul(features, features[rows, u][..., None])[..., 0]
+        dist = torch.minimum(dist, row_dist).masked_fill(selected, float("-inf"))
+    return selected.nonzero()[:, 1].view(batch, k)
+
+
+@fps_coverage.register_fake
+def _(features, anchors, k):
+    return features.new_empty((features.shape[0], k), dtype=torch.long)
+
+
+def oneshot_coverage(features: torch.Tensor, anchors: torch.Tensor, k) -> torch.Tensor:
+    """One-shot approximation: anchors plus the k - A tokens least similar to their nearest anchor."""
+    dist = _distance_to_anchors(features, anchors)
+    dist = dist.scatter(1, anchors, float("-inf"))
+    rest = torch.topk(dist, k - anchors.shape[1], dim=-1).indices
+    return torch.sort(torch.cat([anchors, rest], dim=1), dim=-1).values
+
+
+def random_selection(batch: int, n: int, k: int, seed: int) -> torch.Tensor:
+    """Uniformly random k of n per row (an eval baseline), deterministic from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(batch)])
+    return torch.sort(idx, dim=-1).values
