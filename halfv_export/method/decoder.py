@@ -44,6 +44,8 @@ def select_ivr(bb: Backbone, plan: PruningPlan, prev_input, h, rope, start, coun
     k = plan.kept_count(count)
     if plan.selector == "fastv":
         return sorted_topk(last_token_attention(layer, prev_input, rope, start, count, bb.head_dim), k)
+    if plan.selector == "oracle":
+        return torch.arange(k).view(1, -1).expand(h.shape[0], -1)
     if plan.selector == "random":
         return random_selection(h.shape[0], count, k, plan.seed)
     relevance = anchor_relevance(layer, prev_input, start, count, bb.head_dim)

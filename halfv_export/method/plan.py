@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from ..profile import Profile, keep_count
 
 COVERAGES = ("fps", "oneshot")
-SELECTORS = COVERAGES + ("fastv", "random")
+SELECTORS = COVERAGES + ("fastv", "random", "oracle")
 
 
 @dataclass(frozen=True)
 class PruningPlan:
     prune_layer: int  # visual tokens are pruned before this layer runs (HalfV: the IVR layer)
     keep: float  # share of the original N kept there
-    selector: str  # "fps" | "oneshot" (HalfV coverage), "fastv", "random"
+    selector: str  # "fps" | "oneshot" (HalfV coverage), "fastv", "random", "oracle"
     anchor_share: float = 0.2
     ssr_layer: int | None = None
     ssr_mode: str = "none"  # "topk" | "freeze" | "none"
@@ -46,6 +46,14 @@ class PruningPlan:
     @classmethod
     def random(cls, keep: float, layer: int, seed: int = 0) -> "PruningPlan":
         return cls(prune_layer=layer, keep=keep, selector="random", seed=seed)
+
+    @classmethod
+    def oracle(cls, profile: Profile) -> "PruningPlan":
+        """The HalfV schedule with selection replaced by a plain slice of the first K visual tokens:
+        the speed floor that selection overhead is measured against (its answers are not meaningful)."""
+        return cls(prune_layer=profile.ivr_layer, keep=profile.ivr_keep, selector="oracle",
+                   anchor_share=profile.anchor_share, ssr_layer=profile.ssr_layer, ssr_mode=profile.ssr_mode,
+                   ssr_keep=profile.ssr_keep)
 
     # counts, for ints and traced shapes alike
     def kept_count(self, n):
