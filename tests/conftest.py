@@ -1,0 +1,39 @@
+"""Shared fixtures: the built-in tiny models (real transformers classes, random weights, seed 0)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from halfv_export.backbones import load_backbone
+from halfv_export.profile import shipped_profile
+
+# One table drives the per-family tests: two image sizes per family where the family allows it
+# (LLaVA-1.5's CLIP tower has one fixed input size).
+TINY_IMAGES = {
+    "tiny-qwen2.5-vl": [(112, 112), (112, 168)],  # 16 and 24 visual tokens
+    "tiny-llava": [(56, 56)],  # 16 visual tokens
+    "tiny-llava-next": [(56, 56), (28, 56)],  # 24 and 14 visual tokens (anyres tiles + newline)
+}
+TINY = list(TINY_IMAGES)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_backbone(name: str):
+    return load_backbone(name)
+
+
+@pytest.fixture(params=TINY)
+def tiny_name(request):
+    return request.param
+
+
+@pytest.fixture
+def tiny(tiny_name):
+    return tiny_backbone(tiny_name)
+
+
+@pytest.fixture
+def tiny_profile(tiny_name):
+    return shipped_profile(tiny_name)

@@ -1,0 +1,61 @@
+"""Selection primitives against brute-force definitions on hand-built features."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from halfv_export.method.selection import fps_coverage, oneshot_coverage, sorted_topk
+
+
+def circle_features(angles_deg):
+    """Unit vectors in the plane: 1 - cos similarity is then 1 - cos(angle difference)."""
+    rad = torch.tensor(angles_deg, dtype=torch.float32) * math.pi / 180
+    return torch.stack([rad.cos(), rad.sin()], dim=-1)[None]
+
+
+def brute_force_fps(features, anchors, k):
+    f = features[0]
+    selected = list(anchors)
+    while len(selected) < k:
+        best, best_d = None, -1.0
+        for u in range(f.shape[0]):
+            if u in selected:
+                continue
+            d = min(1 - float(f[u] @ f[v]) for v in selected)
+            if d > best_d + 1e-7:  # strict: ties go to the lowest index
+                best, best_d = u, d
+        selected.append(best)
+    return sorted(selected)
+
+
+def test_fps_picks_farthest_points_greedily():
+    feats = circle_features([0, 10, 20, 90, 100, 180, 185, 270])
+    kept = fps_coverage(feats, torch.tensor([[0]]), 4)
+    # from 0 deg: farthest is 180 (idx 5); then 90 and 270 tie at 90 deg from both -> lowest index (3)
+    # then 270 (idx 7): its nearest selected point is 90 deg away, 100 is only 10 deg from 90 -> [0, 3, 5, 7]
+    assert kept.tolist() == [[0, 3, 5, 7]]
+    assert kept.tolist() == [brute_force_fps(feats, [0], 4)]
+
+
+def test_fps_matches_brute_force_on_random_sets():
+    gen = torch.Generator().manual_seed(3)
+    for n, a, k in [(12, 1, 5), (30, 3, 10), (25, 2, 25)]:
+        feats = torch.nn.functional.normalize(torch.randn(2, n, 8, generator=gen), dim=-1)
+        anchors = torch.stack([torch.randperm(n, generator=gen)[:a] for _ in range(2)])
+        kept = fps_coverage(feats, anchors, k)
+        for row in range(2):
+            assert kept[row].tolist() == brute_force_fps(feats[row:row + 1], anchors[row].tolist(), k)
+
+
+def test_oneshot_keeps_anchors_and_least_similar():
+    feats = circle_features([0, 5, 90, 175, 180, 60])
+    kept = oneshot_coverage(feats, torch.tensor([[0]]), 3)
+    # distances to anchor 0: 5 deg, 90, 175, 180, 60 -> two largest are idx 4 (180) and 3 (175)
+    assert kept.tolist() == [[0, 3, 4]]
+
+
+def test_sorted_topk_returns_ascending_indices():
+    scores = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.2]])
+    assert sorted_topk(scores, 2).tolist() == [[1, 3]]
