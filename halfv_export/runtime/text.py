@@ -1,0 +1,63 @@
+"""Text <-> ids on the host, torch-free.
+
+Real checkpoints: the checkpoint's tokenizer.json through the `tokenizers` library.
+Built-in tiny models have no tokenizer: each UTF-8 byte b of the prompt becomes id BYTE_OFFSET + b
+(ids 10..265, clear of the tiny configs' special ids 0-2 and 1000-1003), and decoding maps back; ids
+outside that range print as <id>.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import UserError
+
+BYTE_OFFSET = 10
+
+
+class ByteTokenizer:
+    """The built-in tiny models' tokenizer: one id per UTF-8 byte."""
+
+    def encode(self, text: str) -> list[int]:
+        return [BYTE_OFFSET + b for b in text.encode("utf-8")]
+
+    def decode(self, ids) -> str:
+        out, pending = [], bytearray()
+        for i in ids:
+            i = int(i)
+            if BYTE_OFFSET <= i < BYTE_OFFSET + 256:
+                pending.append(i - BYTE_OFFSET)
+                continue
+            if pending:
+                out.append(pending.decode("utf-8", errors="replace"))
+                pending = bytearray()
+            out.append(f"<{i}>")
+        if pending:
+            out.append(pending.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+
+class HFTokenizer:
+    """A checkpoint's tokenizer.json (no transformers needed)."""
+
+    def __init__(self, path: str | os.PathLike):
+        from tokenizers import Tokenizer
+
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise UserError(f"could not read tokenizer {path}: {exc}") from None
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def load_tokenizer(folder: str | os.PathLike | None):
+    """tokenizer.json in `folder` if there is one, else the byte tokenizer of the tiny models."""
+    if folder is not None and (Path(folder) / "tokenizer.json").is_file():
+        return HFTokenizer(Path(folder) / "tokenizer.json")
+    return ByteTokenizer()
