@@ -56,6 +56,25 @@ def select_ivr(bb: Backbone, plan: PruningPlan, prev_input, h, rope, start, coun
     return oneshot_coverage(features, anchors, k)
 
 
+# The two pruning steps are functions of their own so that the exporter can tell their ONNX nodes
+# apart by the stack trace each node carries (graphs/naming.py names them /halfv/ivr/..., /halfv/ssr/...).
+def ivr_step(bb: Backbone, plan: PruningPlan, prev_input, h, cos, sin, start, count):
+    """IVR at the prune layer: (kept indices [B, K], h, cos, sin with only the kept visual rows)."""
+    idx = select_ivr(bb, plan, prev_input, h, (cos, sin), start, count)
+    h, cos, sin = (keep_visual_rows(t, start, count, idx) for t in (h, cos, sin))
+    return idx, h, cos, sin
+
+
+def ssr_topk_step(bb: Backbone, plan: PruningPlan, index, prev_input, h, cos, sin, start, count, original_count,
+                  kept_ivr):
+    """SSR top-k: (kept indices into the ORIGINAL span [B, K_ssr], h, cos, sin with only those rows)."""
+    scores = last_token_attention(bb.layers[index - 1], prev_input, (cos, sin), start, count, bb.head_dim)
+    sel = sorted_topk(scores, plan.ssr_count(original_count))
+    h, cos, sin = (keep_visual_rows(t, start, count, sel) for t in (h, cos, sin))
+    # SSR indexes the IVR survivors, never the raw sequence (the authors' defect).
+    return torch.gather(kept_ivr, 1, sel), h, cos, sin
+
+
 @torch.no_grad()
 def prefill(bb: Backbone, inputs: DecoderInputs, plan: PruningPlan | None = None,
             frozen_layers: frozenset = frozenset(), collect_hidden: bool = False) -> PrefillResult:
@@ -80,16 +99,13 @@ def prefill_tensors(bb: Backbone, embeds, position_ids, start, count, plan: Prun
     original_count = count
     for index, layer in enumerate(bb.layers):
         if prune and index == plan.prune_layer:
-            idx = select_ivr(bb, plan, prev_input, h, (cos, sin), start, count)
-            h, cos, sin = (keep_visual_rows(t, start, count, idx) for t in (h, cos, sin))
+            idx, h, cos, sin = ivr_step(bb, plan, prev_input, h, cos, sin, start, count)
             result.kept_ivr, count = idx, idx.shape[1]
         if prune and index == plan.ssr_layer:
             if plan.ssr_mode == "topk":
-                scores = last_token_attention(bb.layers[index - 1], prev_input, (cos, sin), start, count, head_dim)
-                sel = sorted_topk(scores, plan.ssr_count(original_count))
-                h, cos, sin = (keep_visual_rows(t, start, count, sel) for t in (h, cos, sin))
-                # SSR indexes the IVR survivors, never the raw sequence (the authors' defect).
-                result.kept_ssr, count = torch.gather(result.kept_ivr, 1, sel), sel.shape[1]
+                result.kept_ssr, h, cos, sin = ssr_topk_step(bb, plan, index, prev_input, h, cos, sin, start, count,
+                                                             original_count, result.kept_ivr)
+                count = result.kept_ssr.shape[1]
             elif plan.ssr_mode == "freeze":
                 frozen_visual = True
         if collect_hidden:
