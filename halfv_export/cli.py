@@ -73,6 +73,45 @@ def models():
 # -- export (halfv_export.graphs) -------------------------------------------------------------------
 
 # -- check (halfv_export.parity) --------------------------------------------------------------------
+@cli.command()
+@graphs_option
+@click.option("--backend", type=click.Choice(["ort"]), default="ort", show_default=True,
+              help="runtime the graphs are checked on (TensorRT comes with the engines)")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="write every comparison (shape, max abs diff, verdict) as JSON")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None,
+              help="write JUnit XML, one testcase per comparison")
+@model_path_option
+@random_init_option
+@click.option("--threads", type=int, default=None, callback=positive_int, help="ONNX Runtime intra-op threads")
+@user_errors
+def check(graphs_dir, backend, report_path, junit_path, model_path, random_init, threads):
+    """Compare exported graphs with the PyTorch reference (Polygraphy + greedy tokens). Exit 1 on a mismatch."""
+    from polygraphy.logger import G_LOGGER
+
+    from .parity import check_graphs
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR  # our summary below replaces Polygraphy's per-output log
+    report = check_graphs(graphs_dir, model_path=model_path, random_init=random_init, threads=threads)
+    if report_path:
+        report.save_json(report_path)
+    if junit_path:
+        report.save_junit(junit_path)
+    groups = {}
+    for c in report.comparisons:
+        groups.setdefault(c.kind, []).append(c)
+    for kind, items in groups.items():
+        cases = len({c.case for c in items})
+        diffs = [c.max_abs_diff for c in items if c.max_abs_diff is not None and c.output == "logits"]
+        worst = f", max logits diff {max(diffs):.2g}" if diffs else ""
+        click.echo(f"{kind:8} {sum(c.passed for c in items)}/{len(items)} comparisons passed over {cases} shapes"
+                   f"{worst}")
+    first = report.first_failure
+    if first is not None:
+        click.echo(f"FAILED ({report.model}, {report.dtype}): first difference: {first.describe()}", err=True)
+        sys.exit(1)
+    click.echo(f"PASSED ({report.model}, {report.dtype}, {report.seconds:.1f} s)")
+
 
 # -- run / build ------------------------------------------------------------------------------------
 
