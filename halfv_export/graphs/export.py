@@ -1,0 +1,221 @@
+"""Export the decoder graphs (embed, prefill with HalfV, decode) to ONNX plus a manifest, atomically.
+
+    backbone + plan --wrappers.py--> torch.onnx.export(dynamo=True, string dims, fps translation)
+                    --naming.py-->   /halfv/ivr/..., /halfv/ssr/... node names
+                    --checks-->      TopK K from shapes, no NonZero, onnx.checker full_check
+                    --> out_dir/{embed,prefill,decode}.onnx (+ .data past 2 GB) + manifest.json
+
+Precision: fp16 exports a half-precision copy of the model, so the precision lives in the ONNX
+(TensorRT 11 builds strongly typed networks only). The softmax and the selection scores stay in fp32
+as in the reference. Expected agreement with the fp32 reference is looser: see FP16_TOLERANCE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import importlib.metadata
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import onnx_ir as ir
+import torch
+
+from ..backbones.base import Backbone
+from ..errors import UserError
+from ..fileio import atomic_dir
+from ..manifest import SCHEMA_VERSION, Manifest, sha256_file
+from ..method.plan import PruningPlan
+from ..profile import Profile, keep_count
+from . import naming
+from .fps import translation_table
+from .wrappers import GraphSpec, decode_spec, embed_spec, prefill_spec
+
+OPSETS = tuple(range(18, 24))  # the dynamo exporter has no implementations below 18
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+EXPORTABLE_SELECTORS = ("fps", "oneshot", "fastv", "oracle")  # "random" draws with Python ints: not traceable
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
+TOPK_LIMIT = 3840  # TensorRT's largest TopK K
+MAX_VISUAL_TOKENS = 16384
+# |logits| agreement of an fp16 graph with the fp32 reference on the tiny models (fp32: 1e-4).
+FP16_TOLERANCE = 5e-2
+LIBRARIES = ("halfv-export", "torch", "transformers", "onnx", "onnxscript", "onnx-ir", "onnxruntime")
+
+
+def default_visual_tokens(bb: Backbone, plan: PruningPlan | None) -> tuple[int, int, int]:
+    """(min, opt, max) visual tokens the graphs are meant for, when the caller gives none.
+
+    LLaVA-1.5 has a fixed grid. Otherwise max is the largest N whose IVR count stays within
+    TensorRT's TopK limit (for Qwen2.5-VL-7B at keep 0.25: 15363), capped at MAX_VISUAL_TOKENS.
+    """
+    if bb.family == "llava":
+        vision = bb.config.vision_config
+        n = (vision.image_size // vision.patch_size) ** 2
+        return n, n, n
+    high = MAX_VISUAL_TOKENS
+    if plan is not None:
+        while keep_count(high, plan.keep) > TOPK_LIMIT:
+            high -= 1
+    return 1, min(1024, high), high
+
+
+def _versions() -> dict:
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+def _config(bb: Backbone) -> dict:
+    text = bb.text_config
+    eos = getattr(text, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(bb.config, "eos_token_id", None)
+    config = {"family": bb.family, "num_layers": bb.num_layers, "hidden_size": bb.hidden_size,
+              "num_heads": bb.num_heads, "num_kv_heads": bb.num_kv_heads, "head_dim": bb.head_dim,
+              "vocab_size": text.vocab_size, "image_token_id": bb.image_token_id,
+              "position_rows": bb.position_rows, "eos_token_id": eos,
+              "bos_token_id": getattr(text, "bos_token_id", None)}
+    for name in ("vision_start_token_id", "vision_end_token_id"):  # Qwen2.5-VL host-side positions
+        if getattr(bb.config, name, None) is not None:
+            config[name] = getattr(bb.config, name)
+    if bb.position_rows == 3:
+        config["spatial_merge_size"] = bb.config.vision_config.spatial_merge_size
+    return config
+
+
+def _io(values) -> list:
+    out = []
+    for value in values:
+        dims = [d if isinstance(d, int) else str(d) for d in value.shape.dims]
+        out.append({"name": value.name, "dtype": str(value.dtype.numpy()), "shape": dims})
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter's own chatter (progress banners, torchvision notes, deprecations) is not ours to print."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _constant_input(graph: ir.Graph, value: ir.Value) -> bool:
+    producer = value.producer()
+    return value.const_value is not None or value.name in graph.initializers or (
+        producer is not None and producer.op_type == "Constant")
+
+
+def check_graph(model: ir.Model, role: str) -> None:
+    """What must hold for every graph we write (a failure here is a bug in halfv-export, not user input)."""
+    for node in model.graph.all_nodes():
+        if node.op_type == "NonZero":
+            raise RuntimeError(f"{role}: NonZero node {node.name} (TensorRT needs none)")
+        if node.op_type == "TopK":
+            if _constant_input(model.graph, node.inputs[1]):
+                raise RuntimeError(f"{role}: TopK {node.name} has a constant K: a keep count was baked in")
+            if node.attributes.get_int("sorted", 1) != 1:
+                raise RuntimeError(f"{role}: TopK {node.name} is unsorted (TensorRT needs sorted=1)")
+        if node.op_type == "Loop":
+            body = node.attributes["body"].value
+            if len(body.outputs) != 1 + len(node.inputs) - 2:
+                raise RuntimeError(f"{role}: Loop {node.name} has scan outputs (TensorRT forbids dynamic ones)")
+
+
+def _export_one(spec: GraphSpec, opset: int) -> ir.Model:
+    naming.register_anchors()
+    module = spec.module.eval()
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            module, spec.args, dynamo=True, opset_version=opset, input_names=spec.input_names,
+            output_names=spec.output_names, dynamic_shapes=spec.dynamic_shapes,
+            custom_translation_table=translation_table(), verbose=False, report=False, optimize=True)
+    model = program.model
+    naming.name_pruning_nodes(model)
+    check_graph(model, spec.role)
+    return model
+
+
+def _save(model: ir.Model, folder: Path, file: str) -> str | None:
+    """Write the graph; weights go to one `<file>.data` next to it when they would pass 2 GB."""
+    size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    if size > EXTERNAL_DATA_BYTES:
+        data = f"{file}.data"
+        ir.save(model, folder / file, external_data=data)
+        return data
+    ir.save(model, folder / file)
+    return None
+
+
+def _half_copy(bb: Backbone, dtype) -> Backbone:
+    if next(bb.model.parameters()).dtype == dtype:
+        return bb
+    return type(bb)(copy.deepcopy(bb.model).to(dtype))
+
+
+def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | None, profile: Profile | None,
+                  opset: int = 20, dtype: str = "fp32", progress: Callable[[str], None] | None = None,
+                  visual_tokens: tuple[int, int, int] | None = None) -> Manifest:
+    """Export embed.onnx, prefill.onnx and decode.onnx for `bb` into `out_dir` (replaced as a whole)."""
+    if opset not in OPSETS:
+        raise UserError(f"opset {opset} is not supported (choose from {OPSETS[0]}..{OPSETS[-1]}; 20 for TensorRT 10)")
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if plan is not None and plan.selector not in EXPORTABLE_SELECTORS:
+        raise UserError(f"selector {plan.selector!r} cannot be exported (exportable: {', '.join(EXPORTABLE_SELECTORS)})")
+    if plan is not None and plan.prune_layer >= bb.num_layers:
+        raise UserError(f"prune layer {plan.prune_layer} is past the model's {bb.num_layers} layers")
+    if profile is not None:
+        profile.check_backbone(bb.family, bb.num_layers, model_name)
+    visual_tokens = tuple(visual_tokens) if visual_tokens else default_visual_tokens(bb, plan)
+    if not (len(visual_tokens) == 3 and 1 <= visual_tokens[0] <= visual_tokens[1] <= visual_tokens[2]):
+        raise UserError(f"visual_tokens must be (min, opt, max) with 1 <= min <= opt <= max, got {visual_tokens}")
+    say = progress or (lambda line: None)
+    torch_dtype = DTYPES[dtype]
+    bb = _half_copy(bb, torch_dtype)
+
+    specs = [embed_spec(bb), prefill_spec(bb, plan, torch_dtype), decode_spec(bb, torch_dtype)]
+    graphs = {}
+    with atomic_dir(out_dir) as tmp:
+        for spec in specs:
+            start = time.perf_counter()
+            model = _export_one(spec, opset)
+            file = f"{spec.role}.onnx"
+            data = _save(model, tmp, file)
+            onnx.checker.check_model(str(tmp / file), full_check=True)
+            files = [file] + ([data] if data else [])
+            graphs[spec.role] = {"file": file, "data": data, "sha256": {f: sha256_file(tmp / f) for f in files},
+                                 "inputs": _io(model.graph.inputs), "outputs": _io(model.graph.outputs),
+                                 "nodes": sum(1 for _ in model.graph.all_nodes()),
+                                 "export_seconds": round(time.perf_counter() - start, 2)}
+            say(f"[export] {spec.role}.onnx: {graphs[spec.role]['nodes']} nodes, "
+                f"{graphs[spec.role]['export_seconds']:.1f} s")
+        data = {
+            "schema_version": SCHEMA_VERSION, "kind": "graphs", "model": model_name, "backbone": bb.family,
+            "profile": profile.to_dict() if profile is not None else None,
+            "coverage": plan.selector if plan is not None and plan.selector in ("fps", "oneshot") else None,
+            "plan": dataclasses.asdict(plan) if plan is not None else None,
+            "opset": opset, "dtype": dtype, "config": _config(bb),
+            "visual_tokens": dict(zip(("min", "opt", "max"), visual_tokens)),
+            "graphs": graphs, "versions": _versions(),
+        }
+        Manifest(data, tmp).save()
+    manifest = Manifest(data, out_dir)
+    say(f"[export] wrote {out_dir} ({', '.join(g['file'] for g in graphs.values())}, manifest.json)")
+    return manifest

@@ -1,0 +1,76 @@
+"""ONNX translation of the `halfv::fps_coverage` custom op (exact HalfV coverage, greedy FPS).
+
+The eager op (method/selection.py) and this function are the two sides of one boundary: the exporter
+maps the op to this onnxscript function through `custom_translation_table`, then the function is
+inlined into the graph (graphs/export.py).
+
+    features [B,N,D] --Gather(anchors)--MatMul--(1 - sim)--ReduceMin--> dist [B,N]
+    anchors  [B,A]   --Equal(range N)--ReduceMax--------------------> selected [B,N]
+                       (anchors' own dist set to NEG)
+    Loop (trip count K - A; carries selected, dist; NO scan outputs, as TensorRT requires):
+        u    = ArgMax(dist)                (first maximum on ties, like torch.argmax)
+        row  = 1 - features . features[u]
+        selected |= (range N == u)
+        dist = Where(selected, NEG, Min(dist, row))
+    kept = TopK(selected * N - index, K, sorted)  -> the K selected indices in ascending order
+                                                    (no NonZero: TensorRT has no dynamic-shape NonZero)
+"""
+
+from __future__ import annotations
+
+import onnxscript
+from onnxscript import opset18 as op
+from onnxscript.onnx_types import BOOL, FLOAT, INT64
+
+# Stands for the eager op's -inf on already selected tokens. Cosine distances lie in [0, 2], so any
+# value below 0 gives the same ArgMax; a finite one keeps fp16 builders (TensorRT) free of inf.
+NEG = -4.0
+
+
+@onnxscript.script()
+def fps_coverage_onnx(features: FLOAT, anchors: INT64, k: INT64) -> INT64:
+    n_1d = op.Shape(features, start=1, end=2)
+    a_1d = op.Shape(anchors, start=1, end=2)
+    batch_1d = op.Shape(features, start=0, end=1)
+    d_1d = op.Shape(features, start=2, end=3)
+    index = op.Range(op.Constant(value_int=0), op.Squeeze(n_1d), op.Constant(value_int=1))  # [N]
+    index_row = op.Unsqueeze(index, op.Constant(value_ints=[0]))  # [1, N]
+    neg = op.Constant(value_float=NEG)
+    one = op.Constant(value_float=1.0)
+
+    # distance of every token to its nearest anchor, and the anchors as the first selected tokens
+    gather_idx = op.Expand(op.Unsqueeze(anchors, op.Constant(value_ints=[2])),
+                           op.Concat(batch_1d, a_1d, d_1d, axis=0))
+    anchor_feats = op.GatherElements(features, gather_idx, axis=1)  # [B, A, D]
+    sim = op.MatMul(anchor_feats, op.Transpose(features, perm=[0, 2, 1]))  # [B, A, N]
+    dist0 = op.ReduceMin(op.Sub(one, sim), op.Constant(value_ints=[1]), keepdims=0)  # [B, N]
+    hits = op.Equal(op.Unsqueeze(anchors, op.Constant(value_ints=[2])),
+                    op.Unsqueeze(index_row, op.Constant(value_ints=[0])))  # [B, A, N]
+    selected = op.Cast(op.ReduceMax(op.Cast(hits, to=1), op.Constant(value_ints=[1]), keepdims=0), to=9)
+    dist = op.Where(selected, neg, dist0)
+
+    trips = op.Squeeze(op.Sub(op.Reshape(k, op.Constant(value_ints=[1])), a_1d))
+    for _ in range(trips):
+        u = op.ArgMax(dist, axis=1, keepdims=1)  # [B, 1]
+        u_idx = op.Expand(op.Unsqueeze(u, op.Constant(value_ints=[2])),
+                          op.Concat(batch_1d, op.Constant(value_ints=[1]), d_1d, axis=0))
+        chosen = op.GatherElements(features, u_idx, axis=1)  # [B, 1, D]
+        row = op.Sub(one, op.Squeeze(op.MatMul(features, op.Transpose(chosen, perm=[0, 2, 1])),
+                                     op.Constant(value_ints=[2])))  # [B, N]
+        selected = op.Or(selected, op.Equal(index_row, u))
+        dist = op.Where(selected, neg, op.Min(dist, row))
+
+    # selected rows score N - i > 0, the rest -i <= 0: TopK(K) lists the selected ones by index
+    n_float = op.Cast(n_1d, to=1)
+    score = op.Sub(op.Mul(op.Cast(selected, to=1), n_float), op.Cast(index_row, to=1))
+    values, kept = op.TopK(score, op.Reshape(k, op.Constant(value_ints=[1])), axis=1, largest=1, sorted=1)
+    return kept
+
+
+def translation_table() -> dict:
+    """custom_translation_table entry for torch.onnx.export."""
+    import torch
+
+    import halfv_export.method.selection  # noqa: F401  (registers the halfv:: op)
+
+    return {torch.ops.halfv.fps_coverage.default: fps_coverage_onnx}
