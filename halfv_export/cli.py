@@ -69,6 +69,51 @@ def models():
 
 
 # -- calibrate (halfv_export.calibration) -----------------------------------------------------------
+@cli.command()
+@model_option
+@model_path_option
+@random_init_option
+@click.option("--data", "data_dir", type=click.Path(), default=None,
+              help="folder with images and prompts.jsonl ({\"image\": ..., \"prompt\": ...} per line); "
+                   "default: the built-in synthetic set")
+@click.option("--samples", type=int, default=None, callback=positive_int,
+              help="number of samples (default: 16 synthetic, or every line of --data)")
+@click.option("--k", "k", type=int, default=32, show_default=True, callback=positive_int,
+              help="eigenvalues kept by the truncated matrix entropy")
+@click.option("--kl-threshold", type=float, default=1e-3, show_default=True,
+              help="median layer-skip KL below this means SSR mode 'freeze', else 'topk'")
+@click.option("--out", "out", type=click.Path(), default=None,
+              help="profile JSON (default: calibration-out/<model>.json); the PNG goes next to it")
+@user_errors
+def calibrate(model, model_path, random_init, data_dir, samples, k, kl_threshold, out):
+    """Measure TME curves, stage layers and the SSR mode; write a profile JSON and a PNG of the curves."""
+    from pathlib import Path
+
+    from .backbones import load_backbone
+    from .calibration.data import DEFAULT_SEED, folder_samples, synthetic_samples
+    from .calibration.run import calibrate as run_calibration, mode_reason, write_outputs
+
+    if kl_threshold <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--kl-threshold")
+    out = Path(out) if out is not None else Path("calibration-out") / f"{model}.json"
+    if out.suffix.lower() == ".png":
+        raise UserError(f"--out {out} must name the profile JSON; the PNG goes next to it")
+    if data_dir is not None:
+        chosen, source = folder_samples(data_dir, samples), f"folder {data_dir}"
+    else:
+        chosen, source = synthetic_samples(samples or 16), f"synthetic (seed {DEFAULT_SEED})"
+    bb = load_backbone(model, model_path, random_init)
+
+    def progress(phase, done, total):
+        click.echo(f"calibrate: {phase} {done}/{total}", err=True)
+
+    profile = run_calibration(bb, model, chosen, k=k, kl_threshold=kl_threshold, progress=progress, source=source)
+    png = write_outputs(profile, out)
+    click.echo(f"{model}: {len(chosen)} samples; ivr_layer {profile.ivr_layer}, ssr_layer {profile.ssr_layer}, "
+               f"ssr_mode {profile.ssr_mode} ({mode_reason(profile)})")
+    click.echo(f"profile: {out}")
+    click.echo(f"plot: {png}")
+
 
 # -- export (halfv_export.graphs) -------------------------------------------------------------------
 
