@@ -116,6 +116,49 @@ def calibrate(model, model_path, random_init, data_dir, samples, k, kl_threshold
 
 
 # -- export (halfv_export.graphs) -------------------------------------------------------------------
+@cli.command("export")
+@model_option
+@model_path_option
+@random_init_option
+@click.option("--profile", "profile_path", type=click.Path(), default=None,
+              help="profile JSON (default: the model's shipped profile)")
+@click.option("--out", type=click.Path(), default=None, help="graphs folder (default: graphs/<model>/)")
+@click.option("--opset", type=click.Choice(["20", "23"]), default="20", show_default=True,
+              help="20: TensorRT 10 ceiling; 23 adds Attention/RMSNormalization")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="precision stored in the ONNX (fp16 for strongly typed TensorRT 11)")
+@click.option("--coverage", type=click.Choice(["fps", "oneshot"]), default="fps", show_default=True,
+              help="fps: exact HalfV (ONNX Loop); oneshot: one TopK, an approximation")
+@click.option("--no-prune", is_flag=True, help="export the unpruned decoder (the baseline)")
+@user_errors
+def export_command(model, model_path, random_init, profile_path, out, opset, dtype, coverage, no_prune):
+    """Export embed, prefill (HalfV inside) and decode graphs to ONNX, with manifest.json."""
+    from pathlib import Path
+
+    import torch
+
+    from .backbones import get_entry, load_backbone
+    from .graphs.export import export_graphs
+    from .method.plan import PruningPlan
+    from .profile import Profile, shipped_profile
+
+    entry = get_entry(model)
+    profile = plan = None
+    if no_prune and profile_path is not None:
+        raise UserError("--profile and --no-prune exclude each other")
+    if not no_prune:
+        profile = Profile.load(profile_path) if profile_path is not None else shipped_profile(entry.profile)
+        if model_path is None:  # refuse a wrong profile before loading weights
+            profile.check_backbone(entry.backbone.family, entry.make_config().text_config.num_hidden_layers, model)
+        plan = PruningPlan.halfv(profile, coverage)
+    bb = load_backbone(model, model_path, random_init, dtype=torch.float16 if dtype == "fp16" else torch.float32)
+    out = Path(out) if out is not None else Path("graphs") / model
+    manifest = export_graphs(bb, model, out, plan, profile, opset=int(opset), dtype=dtype,
+                             progress=lambda line: click.echo(line, err=True))
+    what = "unpruned" if plan is None else f"HalfV {coverage}, ssr {profile.ssr_mode}"
+    click.echo(f"{model}: {', '.join(g['file'] for g in manifest['graphs'].values())} in {out} "
+               f"(opset {opset}, {dtype}, {what})")
+
 
 # -- check (halfv_export.parity) --------------------------------------------------------------------
 @cli.command()
