@@ -206,6 +206,20 @@ def check(graphs_dir, backend, report_path, junit_path, model_path, random_init,
 # -- bench (halfv_export.bench) ---------------------------------------------------------------------
 
 # -- lint / engine / bundle (halfv_export.graphs.lint, halfv_export.engines, halfv_export.deploy) ----
+@cli.command()
+@graphs_option
+@click.option("--target", type=click.Choice(["trt10", "trt11"]), required=True,
+              help="TensorRT version whose ONNX parser the graphs must get through")
+@user_errors
+def lint(graphs_dir, target):
+    """Check every graph against a TensorRT version's ONNX parser rules (runs on the CPU; exit 1 on errors)."""
+    from .graphs.lint import lint_graphs
+
+    report = lint_graphs(graphs_dir, target)
+    for finding in report.findings:
+        click.echo(finding.line())
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
 
 
 def main():
