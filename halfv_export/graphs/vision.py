@@ -80,6 +80,10 @@ def full_attention(attn, x):
 
 
 # -- Qwen2.5-VL --------------------------------------------------------------------------------------
+#   pixel_values [P, 3*T*p*p] -> MatMul(patch weight^T) -> x [P, D]
+#   rotary_pos_ids [P, 2] -> Cast * inv_freq -> Concat -> Cos, Sin [P, 1, d]
+#   per block: x += proj(grouped_attention(rotary(qkv(RMSNorm(x))), window_* | full_*)); x += MLP(RMSNorm(x))
+#   merger: RMSNorm -> Reshape [P/4, 4D] -> MLP -> image_features [P/4, hidden]
 class QwenVisionGraph(nn.Module):
     """Qwen2.5-VL vision tower (patch embed, 2-D rotary, window/full blocks, 2x2 merger) on host layout."""
 
@@ -134,6 +138,8 @@ def _qwen_spec(bb: Backbone) -> GraphSpec:
 
 
 # -- LLaVA family: CLIP tower + projector -------------------------------------------------------------
+#   pixels [B, 3, s, s] -> Conv (patch embed) + CLS + positions -> LayerNorm
+#   -> layers up to the feature layer (LayerNorm, full_attention, MLP) -> drop CLS -> projector MLP
 class ClipFeatures(nn.Module):
     """CLIP up to the feature layer(s), CLS dropped for "default", then the multimodal projector."""
 

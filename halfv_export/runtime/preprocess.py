@@ -67,7 +67,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXE
         raise
     except Image.DecompressionBombError:
         raise UserError(f"image is too large to decode safely: {path}") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports unreadable/truncated files so
+    except (OSError, SyntaxError, ValueError) as exc:  # how PIL reports unreadable or truncated files
         raise UserError(f"cannot read image {path}: {exc}") from None
 
 

@@ -86,7 +86,7 @@ def _assert_matches(name, exported, image, batch_size=1, seed=0):
 @pytest.mark.parametrize("image", [(112, 168), (140, 196)])
 def test_qwen_matches_transformers(exported, image):
     out = _assert_matches("tiny-qwen2.5-vl", exported, image)
-    assert out.shape == (image[0] // 28 * image[1] // 28, 128)
+    assert out.shape == ((image[0] // 28) * (image[1] // 28), 128)
 
 
 def test_qwen_two_images_attend_separately(exported):
