@@ -280,10 +280,12 @@ def check_same_model(manifest: Manifest, bb, sessions) -> None:
                             f"folder from another model")
     # the graphs themselves: static hidden and vocab dims, one present pair per layer
     prefill = sessions["prefill"]
-    hidden = {i.name: i.shape for i in prefill.get_inputs()}["visual_embeds"][-1]
+    inputs = {i.name: i.shape for i in prefill.get_inputs()}
     vocab = {o.name: o.shape for o in prefill.get_outputs()}["logits"][-1]
     presents = sum(o.name.startswith("present.") for o in prefill.get_outputs())
-    for what, got, want in (("hidden size", hidden, bb.hidden_size), ("vocab", vocab, bb.text_config.vocab_size),
+    for what, got, want in (("hidden size", inputs["visual_embeds"][-1], bb.hidden_size),
+                            ("position_ids rank", len(inputs["position_ids"]), 3 if bb.position_rows == 3 else 2),
+                            ("vocab", vocab, bb.text_config.vocab_size),
                             ("present outputs", presents, 2 * bb.num_layers)):
         if isinstance(got, int) and got != want:
             raise UserError(f"{manifest.path('prefill')}: {what} {got} differs from {name}'s {want}: "
