@@ -205,6 +205,45 @@ def check(graphs_dir, backend, report_path, junit_path, model_path, random_init,
 
 # -- bench (halfv_export.bench) ---------------------------------------------------------------------
 
+def int_list(ctx, param, value):
+    try:
+        values = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not values or min(values) <= 0:
+        raise click.BadParameter("expected one or more positive integers")
+    return values
+
+
+@cli.command()
+@model_option
+@click.option("--visual-tokens", default="576,1024,2048,4096", callback=int_list, show_default=True,
+              help="visual-token counts N to measure (comma-separated)")
+@click.option("--layers", type=int, default=None, callback=positive_int,
+              help="decoder depth (default: the backbone's real depth; stage layers move proportionally)")
+@click.option("--width", type=int, default=None, callback=positive_int,
+              help="hidden size of the scaled model (default 512 for real backbones, tiny ones unchanged)")
+@click.option("--repeats", type=int, default=5, show_default=True, callback=positive_int,
+              help="timed rounds per N (after one warm-up round); variants interleaved in each round")
+@click.option("--text-tokens", type=int, default=60, show_default=True, callback=positive_int,
+              help="text tokens around the image")
+@click.option("--fastv-keep", type=float, default=None, help="FastV keep share at layer 2 (default: the profile's IVR keep)")
+@click.option("--threads", type=int, default=0, show_default=True, help="ONNX Runtime intra-op threads (0: ORT decides)")
+@click.option("--ort-profile", is_flag=True, help="also profile each variant once at the largest N (time by op type)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="output folder for bench.json and bench.png (default bench-out/<model>)")
+@user_errors
+def bench(model, visual_tokens, layers, width, repeats, text_tokens, fastv_keep, threads, ort_profile, out_dir):
+    """FLOPs model and measured ONNX Runtime CPU latency: unpruned, HalfV (fps, oneshot), FastV, oracle."""
+    from .bench import BenchSettings, run_bench, table_lines
+
+    settings = BenchSettings(model=model, visual_tokens=visual_tokens, layers=layers, width=width, repeats=repeats,
+                             text_tokens=text_tokens, fastv_keep=fastv_keep, threads=threads, ort_profile=ort_profile)
+    result = run_bench(settings, out_dir or f"bench-out/{model}")
+    for line in table_lines(result):
+        click.echo(line)
+
+
 # -- lint / engine / bundle (halfv_export.graphs.lint, halfv_export.engines, halfv_export.deploy) ----
 @cli.command()
 @graphs_option
