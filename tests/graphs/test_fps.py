@@ -1,0 +1,85 @@
+"""The ONNX translation of halfv::fps_coverage equals the eager op, ties included, in ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from halfv_export.graphs.export import check_graph
+from halfv_export.graphs.fps import translation_table
+from halfv_export.method.selection import fps_coverage
+
+
+DIM = 8  # the feature width is a static dim of the exported graph
+
+
+class FpsOnly(torch.nn.Module):
+    """The op alone; k comes from the length of `budget`, so it stays symbolic like in the decoder."""
+
+    def forward(self, features, anchors, budget):
+        return fps_coverage(features, anchors, budget.shape[0])
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    args = (torch.nn.functional.normalize(torch.randn(2, 12, DIM), dim=-1), torch.tensor([[0, 3, 5], [1, 2, 7]]),
+            torch.zeros(6))
+    program = torch.onnx.export(FpsOnly().eval(), args, dynamo=True, opset_version=20, verbose=False,
+                                input_names=["features", "anchors", "budget"],
+                                dynamic_shapes=({0: "batch", 1: "n"}, {0: "batch", 1: "a"}, {0: "k"}),
+                                custom_translation_table=translation_table())
+    check_graph(program.model, "fps")
+    path = tmp_path_factory.mktemp("fps") / "fps.onnx"
+    program.save(path)
+    onnx.checker.check_model(str(path), full_check=True)
+    return onnx.load(str(path)), ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run(sess, features, anchors, k):
+    return sess.run(None, {"features": features.numpy(), "anchors": anchors.numpy(),
+                           "budget": np.zeros(k, dtype=np.float32)})[0]
+
+
+def random_case(gen, batch, n, a, k):
+    features = torch.nn.functional.normalize(torch.randn(batch, n, DIM, generator=gen), dim=-1)
+    anchors = torch.stack([torch.randperm(n, generator=gen)[:a] for _ in range(batch)])
+    return features, anchors, k
+
+
+@pytest.mark.parametrize("batch,n,a,k", [(1, 16, 2, 8), (2, 24, 3, 12), (3, 40, 1, 30), (2, 9, 4, 4), (2, 7, 1, 7)])
+def test_translation_equals_eager_op(session, batch, n, a, k):
+    _, sess = session
+    features, anchors, k = random_case(torch.Generator().manual_seed(n), batch, n, a, k)
+    got = run(sess, features, anchors, k)
+    assert got.shape == (batch, k)
+    np.testing.assert_array_equal(got, fps_coverage(features, anchors, k).numpy())
+
+
+def test_ties_go_to_the_lowest_index_like_torch_argmax(session):
+    """Axis vectors make every distance exactly 0 or 1: each step is a tie among many tokens."""
+    _, sess = session
+    n, axes = 20, 5
+    features = torch.eye(DIM)[torch.arange(n) % axes][None].repeat(2, 1, 1)
+    anchors = torch.tensor([[7], [0]])
+    got = run(sess, features, anchors, 6)
+    expected = fps_coverage(features, anchors, 6).numpy()
+    np.testing.assert_array_equal(got, expected)
+    # from anchor 7 (axis 2): axes 0, 1, 3, 4 first appear at 0, 1, 3, 4; then all distances are 0 -> index 2
+    assert got[0].tolist() == [0, 1, 2, 3, 4, 7]
+
+
+def test_loop_carries_state_only_and_no_nonzero(session):
+    model, _ = session
+    ops = [node.op_type for node in model.graph.node]
+    assert "NonZero" not in ops
+    loops = [node for node in model.graph.node if node.op_type == "Loop"]
+    assert len(loops) == 1
+    body = next(attr.g for attr in loops[0].attribute if attr.name == "body")
+    carried = len(loops[0].input) - 2
+    assert len(body.output) == 1 + carried, "no scan outputs"
+    assert carried == 2  # the selected mask and the min-distance vector
+    topk = [node for node in model.graph.node if node.op_type == "TopK"]
+    assert topk and all(next(a.i for a in node.attribute if a.name == "sorted") == 1 for node in topk)
