@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw
 
 from ..backbones.base import Backbone, MultimodalBatch
 from ..errors import UserError
-from ..runtime.text import ByteTokenizer, load_tokenizer
+from ..runtime.text import ByteTokenizer, load_tokenizer, prompt_ids
 
 PROMPTS_FILE = "prompts.jsonl"
 DEFAULT_SEED = 0
@@ -68,14 +68,6 @@ BACKGROUNDS = [(250, 250, 250), (235, 235, 220), (210, 225, 240), (60, 60, 70)]
 
 CHECKPOINT_QWEN_PIXELS = (256 * 28 * 28, 1024 * 28 * 28)
 NO_WEIGHTS_QWEN_PIXELS = (112 * 112, 224 * 224)
-
-# Text around the image span per family: (before, after); "{prompt}" is replaced by the user text.
-TEMPLATES = {
-    "qwen2_5_vl": ("<|im_start|>user\n", "{prompt}<|im_end|>\n<|im_start|>assistant\n"),
-    "llava": ("USER: ", "\n{prompt} ASSISTANT:"),
-    "llava_next": ("[INST] ", "\n{prompt} [/INST]"),
-}
-
 
 @dataclass(frozen=True)
 class CalibrationSample:
@@ -198,16 +190,13 @@ def make_batch(bb: Backbone, image: Image.Image, prompt: str, tokenizer=None, pr
     tokenizer = tokenizer if tokenizer is not None else tokenizer_for(bb)
     processor = processor if processor is not None else image_processor(bb)
     pixels = processor(images=[image.convert("RGB")], return_tensors="pt")
-    before, after = TEMPLATES[bb.family]
-    before_ids = tokenizer.encode(before)
-    after_ids = tokenizer.encode(after.format(prompt=prompt))
+    before_ids, after_ids = prompt_ids(tokenizer, bb.family, prompt, bb.text_config.bos_token_id)
     if bb.family == "qwen2_5_vl":
         grid = pixels["image_grid_thw"]
         count = int(grid.prod()) // bb.config.vision_config.spatial_merge_size ** 2
         span = [bb.config.vision_start_token_id] + [bb.image_token_id] * count + [bb.config.vision_end_token_id]
         ids = before_ids + span + after_ids
         return MultimodalBatch(torch.tensor([ids]), pixel_values=pixels["pixel_values"], image_grid_thw=grid)
-    bos = [bb.text_config.bos_token_id] if bb.text_config.bos_token_id is not None else []
     sizes = pixels.get("image_sizes")
     if bb.family == "llava":
         side = bb.config.vision_config.image_size // bb.config.vision_config.patch_size
@@ -217,6 +206,6 @@ def make_batch(bb: Backbone, image: Image.Image, prompt: str, tokenizer=None, pr
         probe = MultimodalBatch(torch.zeros(1, 1, dtype=torch.long), pixels["pixel_values"], image_sizes=sizes)
         with torch.no_grad():
             count = bb.image_features(probe).shape[1]
-    ids = bos + before_ids + [bb.image_token_id] * count + after_ids
+    ids = before_ids + [bb.image_token_id] * count + after_ids
     return MultimodalBatch(torch.tensor([ids]), pixel_values=pixels["pixel_values"],
                            image_sizes=torch.as_tensor(sizes) if sizes is not None else None)
