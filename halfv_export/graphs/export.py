@@ -166,7 +166,8 @@ def _save(model: ir.Model, folder: Path, file: str) -> str | None:
     return None
 
 
-def _half_copy(bb: Backbone, dtype) -> Backbone:
+def _in_dtype(bb: Backbone, dtype) -> Backbone:
+    """`bb` itself when its weights already have `dtype` (the CLI loads them so), else a converted copy."""
     if next(bb.model.parameters()).dtype == dtype:
         return bb
     return type(bb)(copy.deepcopy(bb.model).to(dtype))
@@ -186,7 +187,8 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if plan is not None and plan.selector not in EXPORTABLE_SELECTORS:
-        raise UserError(f"selector {plan.selector!r} cannot be exported (exportable: {', '.join(EXPORTABLE_SELECTORS)})")
+        raise UserError(f"selector {plan.selector!r} cannot be exported "
+                        f"(exportable: {', '.join(EXPORTABLE_SELECTORS)})")
     if plan is not None and plan.prune_layer >= bb.num_layers:
         raise UserError(f"prune layer {plan.prune_layer} is past the model's {bb.num_layers} layers")
     if profile is not None:
@@ -196,7 +198,7 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
         raise UserError(f"visual_tokens must be (min, opt, max) with 1 <= min <= opt <= max, got {visual_tokens}")
     say = progress or (lambda line: None)
     torch_dtype = DTYPES[dtype]
-    bb = _half_copy(bb, torch_dtype)
+    bb = _in_dtype(bb, torch_dtype)
 
     builders = {"embed": lambda: embed_spec(bb), "prefill": lambda: prefill_spec(bb, plan, torch_dtype),
                 "decode": lambda: decode_spec(bb, torch_dtype)}
@@ -219,7 +221,7 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
                                  "export_seconds": round(time.perf_counter() - start, 2)}
             say(f"[export] {spec.role}.onnx: {graphs[spec.role]['nodes']} nodes, "
                 f"{graphs[spec.role]['export_seconds']:.1f} s")
-        data = {
+        content = {
             "schema_version": SCHEMA_VERSION, "kind": "graphs", "model": model_name, "backbone": bb.family,
             "profile": profile.to_dict() if profile is not None else None,
             "coverage": plan.selector if plan is not None and plan.selector in ("fps", "oneshot") else None,
@@ -228,7 +230,7 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
             "visual_tokens": dict(zip(("min", "opt", "max"), visual_tokens)),
             "graphs": graphs, "versions": _versions(),
         }
-        Manifest(data, tmp).save()
-    manifest = Manifest(data, out_dir)
+        Manifest(content, tmp).save()
+    manifest = Manifest(content, out_dir)
     say(f"[export] wrote {out_dir} ({', '.join(g['file'] for g in graphs.values())}, manifest.json)")
     return manifest

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import onnxscript
 from onnxscript import opset18 as op
-from onnxscript.onnx_types import BOOL, FLOAT, INT64
+from onnxscript.onnx_types import FLOAT, INT64
 
 # Stands for the eager op's -inf on already selected tokens. Cosine distances lie in [0, 2], so any
 # value below 0 gives the same ArgMax; a finite one keeps fp16 builders (TensorRT) free of inf.
@@ -63,7 +63,7 @@ def fps_coverage_onnx(features: FLOAT, anchors: INT64, k: INT64) -> INT64:
     # selected rows score N - i > 0, the rest -i <= 0: TopK(K) lists the selected ones by index
     n_float = op.Cast(n_1d, to=1)
     score = op.Sub(op.Mul(op.Cast(selected, to=1), n_float), op.Cast(index_row, to=1))
-    values, kept = op.TopK(score, op.Reshape(k, op.Constant(value_ints=[1])), axis=1, largest=1, sorted=1)
+    _, kept = op.TopK(score, op.Reshape(k, op.Constant(value_ints=[1])), axis=1, largest=1, sorted=1)
     return kept
 
 

@@ -61,7 +61,13 @@ class EmbedGraph(torch.nn.Module):
 
 
 class PrefillGraph(torch.nn.Module):
-    """Concatenate the three spans; the visual span's start and count are their (symbolic) shapes."""
+    r"""Concatenate the three spans; the visual span's start and count are their (symbolic) shapes.
+
+        prefix_embeds --\                                   /-- logits
+        visual_embeds ---Concat-- prefill_tensors(start = prefix_len, --- kept_ivr, kept_ssr
+        suffix_embeds --/          count = visual_tokens, plan)        \-- present.{i}.key/value
+        position_ids  ------------/
+    """
 
     def __init__(self, bb: Backbone, plan: PruningPlan | None):
         super().__init__()
