@@ -261,6 +261,61 @@ def lint(graphs_dir, target):
     sys.exit(0 if report.ok else 1)
 
 
+def engine_shape_options(fn):
+    """The sizes the TensorRT profiles cover (shared by `engine` and `bundle`)."""
+    options = [
+        click.option("--min-pixels", type=int, default=None, callback=positive_int,
+                     help="smallest image, in pixels (Qwen2.5-VL: 28x28 pixels per visual token; "
+                          "default: the manifest's visual-token range)"),
+        click.option("--max-pixels", type=int, default=None, callback=positive_int, help="largest image, in pixels"),
+        click.option("--max-text", type=int, default=512, show_default=True, callback=positive_int,
+                     help="longest text after the image, in tokens"),
+        click.option("--max-new-tokens", type=int, default=256, show_default=True, callback=positive_int,
+                     help="longest generation (sizes the decode graph's past)"),
+        click.option("--max-batch", type=int, default=1, show_default=True, callback=positive_int,
+                     help="largest batch"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@graphs_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="engines folder (default: engines/<model>/)")
+@engine_shape_options
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="TensorRT timing cache to reuse and update (faster rebuilds)")
+@user_errors
+def engine(graphs_dir, out_dir, min_pixels, max_pixels, max_text, max_new_tokens, max_batch, timing_cache):
+    """Build TensorRT engines (TensorRT 10 or 11 must be importable) with dynamic visual-token profiles."""
+    from .engines.builder import build_engines
+
+    record = build_engines(graphs_dir, out_dir, min_pixels, max_pixels, max_text, max_new_tokens, max_batch,
+                           timing_cache, progress=lambda line: click.echo(line, err=True))
+    for role, entry in record["engines"].items():
+        click.echo(f"{role}: {entry['file']} ({entry['bytes'] / 2**20:.1f} MiB, {entry['build_seconds']} s)")
+
+
+@cli.command()
+@graphs_option
+@click.option("--target", type=click.Choice(["jetson-orin", "jetson-thor"]), required=True,
+              help="jetson-orin: JetPack 6 / TensorRT 10; jetson-thor: JetPack 7 / TensorRT 11")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="bundle folder to write")
+@engine_shape_options
+@user_errors
+def bundle(graphs_dir, target, out_dir, min_pixels, max_pixels, max_text, max_new_tokens, max_batch):
+    """Write a Jetson bundle: the graphs, a trtexec build script with min/opt/max shapes, a run script, a README."""
+    from .deploy.jetson import make_bundle
+
+    record = make_bundle(graphs_dir, target, out_dir, min_pixels, max_pixels, max_text, max_new_tokens, max_batch)
+    click.echo(f"wrote {out_dir} for {record['target']} ({record['jetpack']}, {record['tensorrt']}): "
+               f"{', '.join(record['build_commands'])} engines via build_engines.sh "
+               f"({' '.join(record['precision_flags'])})")
+
+
+
 def main():
     cli(prog_name="halfv-export")
 

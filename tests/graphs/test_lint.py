@@ -4,6 +4,7 @@ message; the graphs our exporter writes pass; the HalfV TopK bound refuses the e
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -16,9 +17,11 @@ from onnx import numpy_helper
 from halfv_export.cli import cli
 from halfv_export.errors import UserError
 from halfv_export.graphs.lint import (TARGETS, TOPK_MAX_K, check_topk_bound, eval_dim, lint_graphs,
-                                      lint_model)
-from halfv_export.manifest import MANIFEST_NAME, sha256_file
+                                      lint_manifest, lint_model)
+from halfv_export.manifest import MANIFEST_NAME, Manifest, sha256_file
 from halfv_export.profile import keep_count, shipped_profile
+from tests.conftest import TINY
+from tests.runtime.exported import exported_graphs
 
 VIS = h.make_tensor_value_info("visual_embeds", T.FLOAT, ["batch", "visual_tokens", 8])
 
@@ -305,3 +308,27 @@ def test_lint_graphs_reads_every_graph(tmp_path):
     assert report.graphs == ["prefill.onnx", "decode.onnx"]
     assert {f.graph for f in report.errors} == {"prefill.onnx", "decode.onnx"}
     assert not report.ok
+
+
+# -- the graphs our exporter writes -----------------------------------------------------------------
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_exported_graphs_pass(name, target):
+    report = lint_graphs(exported_graphs(name), target)
+    assert report.ok, "\n".join(f.line() for f in report.errors)
+    assert report.graphs == ["embed.onnx", "prefill.onnx", "decode.onnx"]
+    assert not [w for w in report.warnings if "K" in w.message]  # every K was evaluated, none unchecked
+
+
+def test_exported_k_checked_at_a_larger_manifest_max(tmp_path):
+    """The same exported graphs fail once the manifest promises more visual tokens than TopK takes."""
+    graphs = shutil.copytree(exported_graphs("tiny-qwen2.5-vl"), tmp_path / "g")
+    manifest = Manifest.load(graphs)
+    profile = shipped_profile("tiny-qwen2.5-vl")
+    fits = max(n for n in range(1, 20000) if profile.ivr_count(n) <= TOPK_MAX_K)
+    assert lint_manifest(manifest, "trt10").ok and manifest["visual_tokens"]["max"] <= fits
+    manifest["visual_tokens"]["max"] = fits + 1
+    errors = lint_manifest(manifest, "trt10").errors
+    assert errors and all(e.node.startswith("/halfv/") for e in errors)
+    assert any(f"K = {profile.ivr_count(fits + 1)} at {fits + 1} visual tokens" in e.message
+               and f"holds up to {fits} visual tokens" in e.message for e in errors)
