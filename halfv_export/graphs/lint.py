@@ -17,7 +17,8 @@ only, the rules that make a parse or a build fail or make an engine misbehave:
                under one type constraint are an ERROR (a weakly typed builder would insert the cast,
                a strongly typed one cannot); a graph whose matrix products are all float32 gets a
                WARNING on trt11 (there is no --fp16 flag left: the engine runs fp32; export with
-               --dtype fp16 to get half precision), and an INFO on trt10 (build with --fp16).
+               --dtype fp16 to get half precision), or an ERROR when the manifest claims fp16, and
+               an INFO on trt10 (build with --fp16).
 
 One finding per line, `SEVERITY <node>: <message> [<graph file>]`; any ERROR fails the lint.
 """
@@ -185,7 +186,9 @@ def check_topk_bound(profile: Profile | None, max_visual_tokens: int) -> dict:
 # -- function expansion -----------------------------------------------------------------------------
 def _node_label(node: onnx.NodeProto, index: int, prefix: str = "") -> str:
     name = node.name or f"{node.op_type}#{index}"
-    return f"{prefix}/{name}" if prefix and not name.startswith("/") else (prefix + name if prefix else name)
+    if not prefix:
+        return name
+    return prefix + (name if name.startswith("/") else "/" + name)
 
 
 def _rename_graph(graph: onnx.GraphProto, rename) -> None:
@@ -221,14 +224,14 @@ def expand_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy.deepcopy(model)
     counter = [0]
 
-    def expand(nodes, prefix_depth=0):
+    def expand(nodes, depth=0):
         result = []
         for index, node in enumerate(nodes):
             fn = functions.get((node.domain, node.op_type))
             if fn is None:
                 result.append(node)
                 continue
-            if prefix_depth > 16:
+            if depth > 16:
                 raise UserError(f"local function {node.op_type} recurses")
             counter[0] += 1
             call = _node_label(node, index)
@@ -259,7 +262,7 @@ def expand_functions(model: onnx.ModelProto) -> onnx.ModelProto:
                 del inner.attribute[:]
                 inner.attribute.extend(attrs)
                 body.append(inner)
-            result.extend(expand(body, prefix_depth + 1))
+            result.extend(expand(body, depth + 1))
         return result
 
     expanded = expand(list(out.graph.node))
@@ -812,7 +815,11 @@ class _GraphLint:
         counts = ", ".join(f"{_dtype_name(t)} x{n}" for t, n in sorted(matmul_types.items()))
         self.add("INFO", self.graph, f"matrix-product precision: {counts}")
         if set(matmul_types) == {TensorProto.FLOAT}:
-            if self.target.strongly_typed:
+            if self.target.strongly_typed and self.dtype == "fp16":
+                self.add("ERROR", self.graph, "the manifest says fp16 but every matrix product is float32: a "
+                                              "strongly typed build keeps them fp32 (the half precision relied "
+                                              "on a builder flag TensorRT 11 no longer has)")
+            elif self.target.strongly_typed:
                 self.add("WARNING", self.graph, "every matrix product is float32 and TensorRT 11 is strongly "
                                                 "typed (no --fp16 flag): the engine runs fp32; export with "
                                                 "--dtype fp16 for half precision")

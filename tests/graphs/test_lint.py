@@ -258,6 +258,12 @@ def test_strong_typing():
     assert any("TensorRT 11 is strongly typed" in w for w in lines(fp32, "WARNING"))
     assert lines(lint_model(matmul_model(T.FLOAT, T.FLOAT), "trt10", "g.onnx", None), "WARNING") == []
     assert lines(lint_model(matmul_model(T.FLOAT16, T.FLOAT16), "trt11", "g.onnx", None), "WARNING") == []
+    # a graph declared fp16 whose products are fp32 relied on the builder flag TensorRT 11 dropped
+    claimed = lines(lint_model(matmul_model(T.FLOAT, T.FLOAT), "trt11", "g.onnx", None, dtype="fp16"))
+    assert claimed == ["ERROR g.onnx: the manifest says fp16 but every matrix product is float32: a strongly "
+                       "typed build keeps them fp32 (the half precision relied on a builder flag TensorRT 11 no "
+                       "longer has)"]
+    assert lines(lint_model(matmul_model(T.FLOAT, T.FLOAT), "trt10", "g.onnx", None, dtype="fp16")) == []
 
 
 def test_local_function_bodies_are_linted_under_the_call_name():
