@@ -178,9 +178,11 @@ def check_topk_bound(profile: Profile | None, max_visual_tokens: int) -> dict:
         return sizes
     limit = max_visual_tokens_for_topk(profile, max_visual_tokens)
     hint = f" (Qwen2.5-VL: max pixels <= {limit * 28 * 28})" if profile.backbone == "qwen2_5_vl" else ""
+    where = {"ivr_keep": f"the IVR step (keep {profile.ivr_keep})", "ivr_anchors": "the IVR anchors",
+             "ssr_keep": f"the SSR step (keep {profile.ssr_keep})"}[stage]
     raise UserError(
         f"TensorRT TopK takes K <= {TOPK_MAX_K}, but {max_visual_tokens} visual tokens give K = {k} at "
-        f"{stage} (ivr_keep {profile.ivr_keep}): keep the visual-token max <= {limit}{hint}")
+        f"{where}: keep the visual-token max <= {limit}{hint}")
 
 
 # -- function expansion -----------------------------------------------------------------------------
