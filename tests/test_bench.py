@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from halfv_export.backbones.registry import get_entry
-from halfv_export.bench import (VARIANTS, build_scaled, prompt_feeds, scaled_profile, scaled_text_dims, summarize,
-                                time_interleaved)
+from halfv_export.bench import (VARIANTS, build_scaled, paired_ratio, prompt_feeds, scaled_profile, scaled_text_dims,
+                                summarize, time_interleaved)
 from halfv_export.cli import cli
 from halfv_export.flops import DecoderDims
 from halfv_export.profile import Profile, shipped_profile
@@ -54,6 +54,8 @@ def test_bench_writes_json_and_png(bench_run):
         assert row["variants"]["halfv-fps"]["kept_ivr"] == ivr == row["variants"]["oracle"]["kept_ivr"]
         assert row["variants"]["halfv-oneshot"]["kept_ssr"] == profile.ssr_count(n)
         assert "kept_ivr" not in row["variants"]["unpruned"]
+        assert row["variants"]["unpruned"]["speedup"] == 1.0
+        assert row["variants"]["halfv-fps"]["over_oracle"] > 0 and row["variants"]["halfv-fps"]["over_oneshot"] > 0
         for formula in ("paper", "gqa"):
             assert flops[formula]["speedup"]["halfv"] > 1 and flops[formula]["flops"]["unpruned"] > 0
         assert profile.ivr_layer < profile.ssr_layer < 3
@@ -145,3 +147,5 @@ def test_interleaved_timing_rotates_and_excludes_warmup():
     stats = summarize([0.001, 0.002, 0.003, 0.004])
     assert stats["median_ms"] == pytest.approx(2.5) and stats["iqr_ms"] == pytest.approx(1.5)
     assert np.allclose(stats["runs_ms"], [1, 2, 3, 4])
+    # per-round ratios 2, 4, 3: a slow round (load from elsewhere) does not skew the ratio
+    assert paired_ratio([2.0, 40.0, 9.0], [1.0, 10.0, 3.0]) == 3.0
