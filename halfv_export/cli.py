@@ -203,6 +203,56 @@ def check(graphs_dir, backend, report_path, junit_path, model_path, random_init,
 
 # -- run / build ------------------------------------------------------------------------------------
 
+@cli.command()
+@graphs_option
+@click.option("--image", required=True, type=click.Path(), help="image file (PNG, JPEG, ...)")
+@click.option("--prompt", required=True, help="question about the image")
+@click.option("--max-new-tokens", type=int, default=32, show_default=True, callback=positive_int)
+@click.option("--stats", is_flag=True, help="also print tokens kept per stage, prefill/decode time and KV bytes")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+@user_errors
+def run(graphs_dir, image, prompt, max_new_tokens, stats, threads):
+    """Answer a question about an image with the exported graphs (ONNX Runtime, no torch)."""
+    from .runtime.preprocess import load_image
+    from .runtime.vlm import VlmPipeline
+
+    pipeline = VlmPipeline(graphs_dir, threads=threads)
+    answer = pipeline.answer(load_image(image), prompt, max_new_tokens)
+    click.echo(answer.text)
+    if stats:
+        s = answer.stats
+        kept = s["kept"]
+        click.echo(f"visual tokens: {kept['visual']} -> IVR {kept['ivr']} -> SSR {kept['ssr']}")
+        click.echo(f"vision {s['vision_ms']:.1f} ms, prefill {s['prefill_ms']:.1f} ms, decode "
+                   f"{s['decode_ms']:.1f} ms for {s['decode_steps']} steps")
+        click.echo(f"KV cache after prefill: {s['kv_bytes']} bytes ({s['kv_bytes_unpruned']} unpruned); "
+                   f"lengths per layer {s['kv_lengths']}")
+
+
+@cli.command()
+@model_option
+@model_path_option
+@random_init_option
+@click.option("--out-root", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="where graphs/, engines/, bench-out/ and calibration-out/ go")
+@click.option("--coverage", type=click.Choice(["fps", "oneshot"]), default="fps", show_default=True)
+@click.option("--bench-tokens", default="64,256", show_default=True,
+              help="visual-token counts of the short benchmark (comma-separated; empty to skip)")
+@user_errors
+def build(model, model_path, random_init, out_root, coverage, bench_tokens):
+    """calibrate (if no shipped profile fits) -> export -> check -> engine (if TensorRT) -> bench; one summary."""
+    from .build import build as run_build
+
+    tokens = tuple(int(t) for t in bench_tokens.split(",") if t.strip()) if bench_tokens else ()
+    if any(t <= 0 for t in tokens):
+        raise UserError(f"--bench-tokens must be positive integers, got {bench_tokens!r}")
+    summary = run_build(model, model_path, random_init, out_root, coverage, tokens)
+    for line in summary.table():
+        click.echo(line)
+    if not summary.parity["passed"]:
+        sys.exit(1)
+
+
 # -- bench (halfv_export.bench) ---------------------------------------------------------------------
 
 def int_list(ctx, param, value):

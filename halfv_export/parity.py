@@ -303,6 +303,7 @@ def _arrays_diff(a: np.ndarray, b: np.ndarray) -> float | None:
 def compare_prefill(manifest: Manifest, bb, plan, maker: RequestMaker, cases, dtype: str) -> list[Comparison]:
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.common import TensorMetadata
+    from polygraphy.logger import G_LOGGER
     from polygraphy.comparator import (Comparator, IndicesCompareFunc, IterationResult, RunResults,
                                        SimpleCompareFunc)
 
@@ -315,7 +316,8 @@ def compare_prefill(manifest: Manifest, bb, plan, maker: RequestMaker, cases, dt
         for name, array in feeds[0].items():
             metadata.add(name, array.dtype, [None] * array.ndim)
     torch_runner = torch_prefill_runner(bb, plan, output_names, metadata)
-    results = Comparator.run([onnx_runner, torch_runner], data_loader=feeds)
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):  # Polygraphy's per-tensor INFO lines drown the report
+        results = Comparator.run([onnx_runner, torch_runner], data_loader=feeds)
 
     def floats(name, index, iter_result):
         return None if name in INDEX_OUTPUTS else [name]
@@ -326,10 +328,12 @@ def compare_prefill(manifest: Manifest, bb, plan, maker: RequestMaker, cases, dt
         index_results.append((runner, [
             IterationResult(OrderedDict((k, v) for k, v in it.items() if k in INDEX_OUTPUTS), runtime=it.runtime,
                             runner_name=runner) for it in iterations]))
-    accuracy = list(Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(
-        atol=atol, rtol=rtol, check_error_stat="elemwise", find_output_func=floats)))
-    if any(name in INDEX_OUTPUTS for name in output_names):
-        accuracy += list(Comparator.compare_accuracy(index_results, compare_func=IndicesCompareFunc(index_tolerance=0)))
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):
+        accuracy = list(Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(
+            atol=atol, rtol=rtol, check_error_stat="elemwise", find_output_func=floats)))
+        if any(name in INDEX_OUTPUTS for name in output_names):
+            accuracy += list(Comparator.compare_accuracy(index_results,
+                                                         compare_func=IndicesCompareFunc(index_tolerance=0)))
     pair = (ONNX_RUNNER, TORCH_RUNNER)
     verdicts = [{} for _ in cases]
     for acc in accuracy:

@@ -3,7 +3,7 @@
     backbone + plan --wrappers.py--> torch.onnx.export(dynamo=True, string dims, fps translation)
                     --naming.py-->   /halfv/ivr/..., /halfv/ssr/... node names
                     --checks-->      TopK K from shapes, no NonZero, onnx.checker full_check
-                    --> out_dir/{embed,prefill,decode}.onnx (+ .data past 2 GB) + manifest.json
+                    --> out_dir/{vision,embed,prefill,decode}.onnx (+ .data past 2 GB) + manifest.json
 
 Precision: fp16 exports a half-precision copy of the model, so the precision lives in the ONNX
 (TensorRT 11 builds strongly typed networks only). The softmax and the selection scores stay in fp32
@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import importlib.metadata
 import logging
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +35,8 @@ from ..method.plan import PruningPlan
 from ..profile import Profile, keep_count
 from . import naming
 from .fps import translation_table
+from .lint import check_topk_bound
+from .vision import export_vision
 from .wrappers import GraphSpec, decode_spec, embed_spec, prefill_spec
 
 OPSETS = tuple(range(18, 24))  # the dynamo exporter has no implementations below 18
@@ -46,7 +49,7 @@ MAX_VISUAL_TOKENS = 16384
 # Measured on tiny-qwen2.5-vl (logits of magnitude ~1): 5e-4. Kept indices may differ in fp16 when two
 # scores are closer than fp16 resolution, so fp16 parity checks compare logits, not indices.
 FP16_TOLERANCE = 1e-2
-ROLES = ("embed", "prefill", "decode")
+ROLES = ("vision", "embed", "prefill", "decode")
 LIBRARIES = ("halfv-export", "torch", "transformers", "onnx", "onnxscript", "onnx-ir", "onnxruntime")
 
 
@@ -173,10 +176,17 @@ def _in_dtype(bb: Backbone, dtype) -> Backbone:
     return type(bb)(copy.deepcopy(bb.model).to(dtype))
 
 
+def _copy_tokenizer(bb: Backbone, folder: Path) -> None:
+    """The checkpoint's tokenizer.json travels with the graphs (the runtime reads it, torch-free)."""
+    source = Path(getattr(bb.model, "name_or_path", "") or "") / "tokenizer.json"
+    if source.is_file():
+        shutil.copyfile(source, folder / "tokenizer.json")
+
+
 def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | None, profile: Profile | None,
                   opset: int = 20, dtype: str = "fp32", progress: Callable[[str], None] | None = None,
                   visual_tokens: tuple[int, int, int] | None = None, roles: tuple = ROLES) -> Manifest:
-    """Export embed.onnx, prefill.onnx and decode.onnx for `bb` into `out_dir` (replaced as a whole).
+    """Export vision.onnx, embed.onnx, prefill.onnx and decode.onnx for `bb` into `out_dir` (replaced as a whole).
 
     `roles` picks a subset (e.g. only "prefill" to time several plans); the manifest lists what was written.
     """
@@ -196,6 +206,8 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
     visual_tokens = tuple(visual_tokens) if visual_tokens else default_visual_tokens(bb, plan)
     if not (len(visual_tokens) == 3 and 1 <= visual_tokens[0] <= visual_tokens[1] <= visual_tokens[2]):
         raise UserError(f"visual_tokens must be (min, opt, max) with 1 <= min <= opt <= max, got {visual_tokens}")
+    if plan is not None and plan.selector in ("fps", "oneshot"):
+        check_topk_bound(profile, visual_tokens[2])  # TensorRT's TopK K limit at the largest N
     say = progress or (lambda line: None)
     torch_dtype = DTYPES[dtype]
     bb = _in_dtype(bb, torch_dtype)
@@ -204,7 +216,13 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
                 "decode": lambda: decode_spec(bb, torch_dtype)}
     graphs = {}
     with atomic_dir(out_dir) as tmp:
-        for role in ROLES:
+        if "vision" in roles:
+            start = time.perf_counter()
+            graphs["vision"] = export_vision(bb, tmp / "vision.onnx", opset)
+            graphs["vision"]["export_seconds"] = round(time.perf_counter() - start, 2)
+            say(f"[export] vision.onnx: {graphs['vision']['export_seconds']:.1f} s")
+        _copy_tokenizer(bb, tmp)
+        for role in ROLES[1:]:
             if role not in roles:
                 continue
             spec = builders[role]()

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import math
 
+from dataclasses import dataclass
+
 import numpy as np
 
 # Additive key bias for padded slots: finite so a softmax never sees (-inf) - (-inf).
@@ -202,8 +204,21 @@ def llava_next_pack_index(image_sizes, pinpoints, tile: int, patch: int) -> np.n
 
 
 # -- everything the vision graph takes -----------------------------------------------------------------
+@dataclass
+class VisionRequest:
+    feed: dict  # the vision graph's inputs
+    counts: list  # visual tokens per image
+    image_grid_thw: np.ndarray | None = None  # Qwen2.5-VL: [images, 3] in patches (M-RoPE positions need it)
+
+
 def vision_feed(images, cfg: dict) -> tuple[dict[str, np.ndarray], list[int]]:
-    """Graph inputs for a list of images (PIL images or paths), and the visual tokens of each image.
+    """Graph inputs for a list of images (PIL images or paths), and the visual tokens of each image."""
+    request = vision_request(images, cfg)
+    return request.feed, request.counts
+
+
+def vision_request(images, cfg: dict) -> VisionRequest:
+    """Graph inputs, token counts and (Qwen) grids for a list of images (PIL images or paths).
 
     `cfg` is the vision graph's "preprocess" dict (manifest). Images are concatenated along the
     graph's first axis (patches / images / tiles); the output rows follow the same image order.
@@ -220,7 +235,8 @@ def vision_feed(images, cfg: dict) -> tuple[dict[str, np.ndarray], list[int]]:
         feed = {"pixel_values": pixel_values,
                 **qwen_vision_inputs(grid, cfg["merge_size"], cfg["window_size"], cfg["patch_size"])}
         counts = [qwen_token_count(g, cfg["merge_size"]) for g in grid]
-    elif family == "llava":
+        return VisionRequest(feed, counts, grid)
+    if family == "llava":
         feed = {"pixel_values": pixel_values}
         counts = [(int(cfg["image_size"]) // int(cfg["patch_size"])) ** 2 + (cfg.get("feature_select") == "full")
                   ] * len(per_image)
@@ -233,4 +249,4 @@ def vision_feed(images, cfg: dict) -> tuple[dict[str, np.ndarray], list[int]]:
                                         int(cfg["patch_size"])).size for s in sizes]
     else:
         raise ValueError(f"unknown vision family {family!r}")
-    return feed, counts
+    return VisionRequest(feed, counts)

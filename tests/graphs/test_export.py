@@ -312,7 +312,7 @@ def test_cli_refuses_a_missing_profile_and_profile_with_no_prune(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(opset=17), "opset 17"), (dict(dtype="bf16"), "dtype"), (dict(roles=("vision",)), "roles"),
+    (dict(opset=17), "opset 17"), (dict(dtype="bf16"), "dtype"), (dict(roles=("audio",)), "roles"),
     (dict(plan=PruningPlan.random(0.5, 2)), "cannot be exported"),
     (dict(profile=shipped_profile("tiny-qwen2.5-vl")), "profile is for"),
     (dict(visual_tokens=(8, 4, 16)), "visual_tokens")])

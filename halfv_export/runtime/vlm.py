@@ -1,0 +1,79 @@
+"""Image + prompt in, text out, on ONNX Runtime only (no torch): what `run`, Triton and a Jetson execute.
+
+    image --preprocess.py--> pixels --vision.onnx--> visual_embeds [1, N, D] ----\
+    prompt --text.py (chat template, tokenizer)--> ids with N placeholders ------ OrtPipeline.generate
+                                                                                   -> tokens -> text
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UserError
+from .pipeline import Generation, OrtPipeline, make_session
+from .preprocess import expand_prompt
+from .text import load_tokenizer, prompt_ids
+from .vision_inputs import vision_request
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: list  # generated ids
+    generation: Generation
+    vision_ms: float
+
+    @property
+    def stats(self) -> dict:
+        return {"vision_ms": self.vision_ms, **self.generation.stats}
+
+
+class VlmPipeline:
+    """The whole model from a graphs folder: vision graph + decoder graphs + tokenizer."""
+
+    def __init__(self, graphs_dir: str | os.PathLike, threads: int | None = None):
+        self.decoder = OrtPipeline(graphs_dir, threads)
+        manifest = self.decoder.manifest
+        if "vision" not in manifest.get("graphs", {}):
+            raise UserError(f"{manifest.folder} has no vision graph: export it again with this version")
+        self.preprocess = manifest.graph("vision")["preprocess"]
+        self.vision = make_session(manifest.path("vision"), threads)
+        self.tokenizer = load_tokenizer(manifest.folder)
+        self.config = manifest["config"]
+
+    def encode(self, image, prompt: str):
+        """(input_ids [1, S], visual_embeds [1, N, D], image_grid_thw or None) for one request."""
+        request = vision_request([image], self.preprocess)
+        began = time.perf_counter()
+        features = self.vision.run(None, request.feed)[0]
+        vision_ms = (time.perf_counter() - began) * 1e3
+        before, after = prompt_ids(self.tokenizer, self.config["family"], prompt, self.config.get("bos_token_id"))
+        ids = expand_prompt(self.preprocess, request.counts[0], before, after).input_ids
+        features = features.reshape(1, request.counts[0], -1)
+        return ids[None], features, request.image_grid_thw, vision_ms
+
+    def answer(self, image, prompt: str, max_new_tokens: int = 32) -> Answer:
+        if not prompt:
+            raise UserError("the prompt is empty")
+        ids, visual, grid, vision_ms = self.encode(image, prompt)
+        eos = self.config.get("eos_token_id")
+        eos = eos[0] if isinstance(eos, list) else eos
+        generation = self.decoder.generate(ids, visual, grid, max_new_tokens, eos)
+        tokens = [int(t) for t in generation.tokens[0] if eos is None or t != eos]
+        return Answer(self.tokenizer.decode(tokens), [int(t) for t in generation.tokens[0]], generation, vision_ms)
+
+
+def as_image_array(pixels: np.ndarray):
+    """A decoded HxWx3 uint8 array (e.g. from a Triton request) as a PIL image."""
+    from PIL import Image
+
+    array = np.asarray(pixels)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise UserError(f"image must be an HxWx3 uint8 array, got {array.dtype} {list(array.shape)}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise UserError("image has zero size")
+    return Image.fromarray(array, "RGB")

@@ -1,0 +1,31 @@
+"""`halfv-export build` chains calibrate/export/check/engine/bench and prints one summary table."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from halfv_export.cli import cli
+
+
+def test_build_tiny_model_end_to_end(tmp_path):
+    result = CliRunner().invoke(cli, ["build", "--model", "tiny-llava", "--out-root", str(tmp_path),
+                                      "--bench-tokens", "32"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "IVR 2, SSR 4 (freeze)" in out
+    assert "parity (ORT)  PASS" in out
+    assert "TensorRT is not importable" in out or "built" in out
+    assert "kept tokens   N=32 -> IVR 16 -> SSR 16" in out
+    for name in ("vision.onnx", "embed.onnx", "prefill.onnx", "decode.onnx"):
+        assert name in out and (tmp_path / "graphs" / "tiny-llava" / name).is_file()
+    report = json.loads((tmp_path / "graphs" / "tiny-llava.parity.json").read_text())
+    assert report["passed"]
+    assert json.loads((tmp_path / "bench-out" / "tiny-llava" / "bench.json").read_text())["prefill"]
+
+
+def test_build_unknown_model_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["build", "--model", "gpt-vision", "--out-root", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: unknown model 'gpt-vision'") and result.stderr.count("\n") == 1
