@@ -1,0 +1,146 @@
+"""Procedural shapes VQA: a scene of 1-4 coloured shapes, one question about it, a one-word answer.
+
+A scene is a 2x2 grid of cells; each shape sits inside its own cell (random size and offset in the
+cell), so "left/right" and "top/bottom" are decided by the cell and never ambiguous. Colours are
+distinct within a scene and so are shape kinds, so "the red one" and "the circle" each name exactly
+one shape. Backgrounds are light neutrals, plain or textured (checker or stripes), never one of the
+shape colours.
+
+    sample(split, i) --rng(seed of split, i)--> Scene (objects, background) + Question (prompt, answer)
+    Scene.render(side) --PIL--> RGB image side x side
+
+Sample i of a split is always the same; the splits use disjoint seed streams.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
+           "purple": (140, 60, 170), "orange": (245, 130, 20)}
+SHAPES = ("circle", "square", "triangle", "cross")
+COUNT_WORDS = ("zero", "one", "two", "three", "four")
+# light neutrals: far from every shape colour, so a pixel's class is unambiguous
+BACKGROUNDS = [(245, 245, 245), (230, 230, 215), (215, 222, 232), (225, 215, 215)]
+TEXTURES = ("plain", "checker", "stripes")
+SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
+QUESTION_KINDS = ("colour", "shape", "count", "horizontal", "vertical")
+GRID = 2  # cells per side
+
+
+@dataclass(frozen=True)
+class Thing:
+    """One shape: kind, colour, grid cell, and its box in unit coordinates (x0, y0, x1, y1)."""
+
+    kind: str
+    colour: str
+    row: int
+    col: int
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Scene:
+    things: tuple[Thing, ...]
+    background: tuple[int, int, int]
+    texture: str
+    period: int  # texture period in pixels at 336 px (scaled with the side)
+
+    def render(self, side: int) -> Image.Image:
+        img = Image.new("RGB", (side, side), self.background)
+        draw = ImageDraw.Draw(img)
+        if self.texture != "plain":
+            darker = tuple(max(0, c - 14) for c in self.background)
+            step = max(2, self.period * side // 336)
+            for y in range(0, side, step):
+                for x in range(0, side, step):
+                    odd = (x // step + y // step) % 2 if self.texture == "checker" else (y // step) % 2
+                    if odd:
+                        draw.rectangle([x, y, x + step - 1, y + step - 1], fill=darker)
+        for thing in self.things:
+            _draw_thing(draw, thing, side)
+        return img
+
+
+@dataclass(frozen=True)
+class Question:
+    kind: str
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    split: str
+    index: int
+    scene: Scene
+    question: Question
+
+    def image(self, side: int) -> Image.Image:
+        return self.scene.render(side)
+
+
+def _draw_thing(draw: ImageDraw.ImageDraw, thing: Thing, side: int) -> None:
+    x0, y0, x1, y1 = (round(v * side) for v in thing.box)
+    fill = COLOURS[thing.colour]
+    if thing.kind == "circle":
+        draw.ellipse([x0, y0, x1, y1], fill=fill)
+    elif thing.kind == "square":
+        draw.rectangle([x0, y0, x1, y1], fill=fill)
+    elif thing.kind == "triangle":
+        draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=fill)
+    else:  # cross: two bars a third of the box thick
+        t = (x1 - x0) / 3
+        draw.rectangle([x0 + t, y0, x1 - t, y1], fill=fill)
+        draw.rectangle([x0, y0 + t, x1, y1 - t], fill=fill)
+
+
+def make_scene(rng: random.Random) -> Scene:
+    count = rng.randint(1, GRID * GRID)
+    cells = rng.sample([(r, c) for r in range(GRID) for c in range(GRID)], count)
+    colours = rng.sample(sorted(COLOURS), count)
+    kinds = rng.sample(SHAPES, count)
+    cell = 1 / GRID
+    things = []
+    for (row, col), colour, kind in zip(cells, colours, kinds):
+        size = cell * rng.uniform(0.5, 0.85)  # square boxes: shapes keep their proportions
+        x0 = col * cell + rng.uniform(0.04 * cell, cell - size - 0.04 * cell)
+        y0 = row * cell + rng.uniform(0.04 * cell, cell - size - 0.04 * cell)
+        things.append(Thing(kind, colour, row, col, (x0, y0, x0 + size, y0 + size)))
+    return Scene(tuple(things), rng.choice(BACKGROUNDS), rng.choice(TEXTURES), rng.choice([8, 12, 16, 24]))
+
+
+def make_question(scene: Scene, kind: str, rng: random.Random) -> Question:
+    """A question of the given kind about one randomly chosen shape; the answer is read off the scene."""
+    thing = rng.choice(scene.things)
+    if kind == "colour":
+        return Question(kind, f"What colour is the {thing.kind}?", thing.colour)
+    if kind == "shape":
+        return Question(kind, f"Which shape is {thing.colour}?", thing.kind)
+    if kind == "count":
+        return Question(kind, "How many shapes?", COUNT_WORDS[len(scene.things)])
+    name = f"{thing.colour} {thing.kind}"
+    if kind == "horizontal":
+        return Question(kind, f"Is the {name} left or right?", ("left", "right")[thing.col])
+    if kind == "vertical":
+        return Question(kind, f"Is the {name} top or bottom?", ("top", "bottom")[thing.row])
+    raise ValueError(f"unknown question kind {kind!r}")
+
+
+def sample(split: str, index: int) -> Sample:
+    rng = random.Random(SPLIT_SEEDS[split] * 1_000_003 + index)
+    scene = make_scene(rng)
+    return Sample(split, index, scene, make_question(scene, rng.choice(QUESTION_KINDS), rng))
+
+
+def samples(split: str, count: int, start: int = 0) -> list[Sample]:
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLIT_SEEDS)}")
+    return [sample(split, i) for i in range(start, start + count)]
+
+
+def answer_vocabulary() -> list[str]:
+    return sorted(set(COLOURS) | set(SHAPES) | set(COUNT_WORDS[1:]) | {"left", "right", "top", "bottom"})

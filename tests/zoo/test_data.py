@@ -1,0 +1,76 @@
+"""Shapes VQA: deterministic from the seed, splits disjoint, and every answer readable off the pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from halfv_export.zoo import data
+
+SIDE = 168
+
+
+def test_samples_are_deterministic():
+    a, b = data.samples("train", 20), data.samples("train", 20)
+    assert a == b
+    assert np.array_equal(np.asarray(a[3].image(SIDE)), np.asarray(b[3].image(SIDE)))
+
+
+def test_splits_differ():
+    scenes = {split: [s.scene for s in data.samples(split, 50)] for split in data.SPLIT_SEEDS}
+    assert scenes["train"] != scenes["val"] != scenes["test"]
+    assert not set(scenes["train"]) & set(scenes["test"])
+
+
+def test_unknown_split_is_refused():
+    with pytest.raises(ValueError, match="unknown split"):
+        data.samples("dev", 1)
+
+
+def test_question_kinds_and_answers_cover_the_vocabulary():
+    rows = data.samples("train", 400)
+    assert {s.question.kind for s in rows} == set(data.QUESTION_KINDS)
+    assert {s.question.answer for s in rows} == set(data.answer_vocabulary())
+
+
+def colour_mask(image: np.ndarray, colour: str) -> np.ndarray:
+    """Pixels within a small distance of a palette colour (backgrounds are far from every colour)."""
+    return np.abs(image.astype(int) - np.array(data.COLOURS[colour])).sum(axis=-1) < 30
+
+
+def shape_fill(mask: np.ndarray) -> float:
+    """Filled share of the mask's bounding box: square ~1, circle ~0.79, cross ~0.56, triangle ~0.5."""
+    ys, xs = np.nonzero(mask)
+    return mask.sum() / ((ys.ptp() + 1) * (xs.ptp() + 1))
+
+
+FILL = {"square": (0.93, 1.01), "circle": (0.72, 0.86), "cross": (0.54, 0.62), "triangle": (0.4, 0.535)}
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_answers_are_right_by_construction(split):
+    """Read each answer back from the rendered pixels, independently of the scene description."""
+    for s in data.samples(split, 100):
+        image = np.asarray(s.image(336))
+        present = {c: colour_mask(image, c) for c in data.COLOURS}
+        present = {c: m for c, m in present.items() if m.sum() > 200}
+        q = s.question
+        if q.kind == "count":
+            assert data.COUNT_WORDS.index(q.answer) == len(present), s
+            continue
+        # the question names a colour, a shape or both; find the one pixel region it means
+        colour = next((c for c in data.COLOURS if c in q.prompt.split() or f"{c}?" in q.prompt), None)
+        if q.kind == "colour":
+            kind = q.prompt.rstrip("?").split()[-1]
+            matches = [c for c, m in present.items() if FILL[kind][0] <= shape_fill(m) <= FILL[kind][1]]
+            assert matches == [q.answer], (s, {c: shape_fill(m) for c, m in present.items()})
+            continue
+        mask = present[colour]
+        if q.kind == "shape":
+            lo, hi = FILL[q.answer]
+            assert lo <= shape_fill(mask) <= hi, (s, shape_fill(mask))
+            continue
+        ys, xs = np.nonzero(mask)
+        centre = xs.mean() if q.kind == "horizontal" else ys.mean()
+        expected = ("left", "right") if q.kind == "horizontal" else ("top", "bottom")
+        assert q.answer == expected[int(centre >= image.shape[0] / 2)], s
