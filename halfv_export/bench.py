@@ -250,7 +250,8 @@ def _session(path: Path, threads: int):
 def op_profile(path: Path, feeds: dict, threads: int, prefix: Path) -> dict:
     """Where one prefill run spends its time: ORT's profiler, kernel time by op type and in /halfv/ nodes.
 
-    Two runs in a profiling session; only the events inside the second run's window are counted.
+    Two runs in a profiling session; only the events inside the second run's window are counted. A Loop's
+    time includes its body's nodes, which ORT also lists one by one: kernel_ms can exceed run_ms.
     """
     import onnxruntime as ort
 
