@@ -73,14 +73,14 @@ def fps_coverage(features: torch.Tensor, anchors: torch.Tensor, k: int) -> torch
     """
     batch, n, _ = features.shape
     rows = torch.arange(batch)
+    pair = 1.0 - torch.matmul(features, features.transpose(1, 2))  # all distances once, as the graph does
     selected = torch.zeros(batch, n, dtype=torch.bool)
     selected[rows[:, None], anchors] = True
-    dist = _distance_to_anchors(features, anchors).masked_fill(selected, float("-inf"))
+    dist = pair[rows[:, None], anchors].min(dim=1).values.masked_fill(selected, float("-inf"))
     for _ in range(k - anchors.shape[1]):
         u = dist.argmax(dim=1)
         selected[rows, u] = True
-        row_dist = 1.0 - torch.matmul(features, features[rows, u][..., None])[..., 0]
-        dist = torch.minimum(dist, row_dist).masked_fill(selected, float("-inf"))
+        dist = torch.minimum(dist, pair[rows, u]).masked_fill(selected, float("-inf"))
     return selected.nonzero()[:, 1].view(batch, k)
 
 

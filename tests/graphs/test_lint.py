@@ -322,7 +322,7 @@ def test_lint_graphs_reads_every_graph(tmp_path):
 def test_exported_graphs_pass(name, target):
     report = lint_graphs(exported_graphs(name), target)
     assert report.ok, "\n".join(f.line() for f in report.errors)
-    assert report.graphs == ["embed.onnx", "prefill.onnx", "decode.onnx"]
+    assert report.graphs == ["vision.onnx", "embed.onnx", "prefill.onnx", "decode.onnx"]
     assert not [w for w in report.warnings if "K" in w.message]  # every K was evaluated, none unchecked
 
 
