@@ -62,7 +62,7 @@ def models():
         prof = shipped_profile(entry.profile)
         rows.append((entry.name, entry.backbone.family, str(text.num_hidden_layers), str(text.hidden_size),
                      f"{entry.profile} ({prof.ivr_layer}/{prof.ssr_layer}/{prof.ssr_mode}, {prof.source})",
-                     "built-in (random, seed 0)" if entry.tiny else entry.hf_repo))
+                     "built-in (random, seed 0)" if entry.tiny else entry.hf_repo or "zoo (trained here)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -363,6 +363,119 @@ def bundle(graphs_dir, target, out_dir, min_pixels, max_pixels, max_text, max_ne
     click.echo(f"wrote {out_dir} for {record['target']} ({record['jetpack']}, {record['tensorrt']}): "
                f"{', '.join(record['build_commands'])} engines via build_engines.sh "
                f"({' '.join(record['precision_flags'])})")
+
+
+# -- zoo / eval (halfv_export.zoo) ------------------------------------------------------------------
+ZOO_NAMES = ["shapes-qwen2.5-vl", "shapes-llava"]
+
+
+@cli.group()
+def zoo():
+    """Tiny VLMs trained here on procedural shapes VQA (weights in halfv_export/zoo/weights)."""
+
+
+@zoo.command("train")
+@click.argument("name", type=click.Choice(ZOO_NAMES))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="weights folder to write (default: the committed halfv_export/zoo/weights/NAME)")
+@click.option("--examples", type=int, default=None, callback=positive_int, help="distinct training questions")
+@click.option("--epochs", type=int, default=None, callback=positive_int)
+@click.option("--batch-size", type=int, default=None, callback=positive_int)
+@click.option("--lr", type=float, default=None, help="peak learning rate (AdamW, warmup + cosine)")
+@click.option("--seed", type=int, default=None)
+@click.option("--time-limit", type=float, default=None, help="stop and save after this many seconds")
+@user_errors
+def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit):
+    """Train NAME from scratch on the shapes train split (CPU, deterministic, progress on stderr)."""
+    import dataclasses
+
+    from .zoo.models import weights_dir
+    from .zoo.train import DEFAULTS, save, train
+
+    given = dict(examples=examples, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, time_limit_s=time_limit)
+    settings = dataclasses.replace(DEFAULTS[name], **{k: v for k, v in given.items() if v is not None})
+    if settings.batch_size > settings.examples:
+        raise UserError(f"--batch-size {settings.batch_size} is larger than --examples {settings.examples}")
+    bb, record = train(name, settings, progress=lambda line: click.echo(line, err=True))
+    path = save(bb, name, out or weights_dir(name), record)
+    click.echo(f"wrote {path} ({record['steps']} steps, {record['train_seconds']:.0f} s, "
+               f"final loss {record['loss_curve'][-1]['loss']:.4f})")
+
+
+@zoo.command("data")
+@click.argument("name", type=click.Choice(ZOO_NAMES))
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True)
+@click.option("--samples", type=int, default=64, show_default=True, callback=positive_int)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@user_errors
+def zoo_data(name, split, samples, out):
+    """Write shapes questions as a `calibrate --data` folder (images at NAME's input size + prompts.jsonl)."""
+    from .zoo.data import write_folder
+    from .zoo.models import image_side
+
+    write_folder(split, samples, image_side(name), out)
+    click.echo(f"wrote {samples} {split} questions to {out}")
+
+
+@zoo.command("card")
+@click.argument("name", type=click.Choice(ZOO_NAMES))
+@click.option("--samples", type=int, default=300, show_default=True, callback=positive_int,
+              help="test questions to measure the unpruned accuracy on")
+@user_errors
+def zoo_card(name, samples):
+    """Measure NAME's test accuracy and write its MODEL_CARD.md (and accuracy.json) into the weights folder."""
+    from .zoo.card import write_card
+
+    path, acc = write_card(name, samples)
+    click.echo(f"wrote {path} (test accuracy {acc:.3f} on {samples} questions)")
+
+
+@cli.command("eval")
+@model_option
+@model_path_option
+@click.option("--methods", default="unpruned,halfv,halfv-oneshot,fastv,random", show_default=True,
+              help="comma-separated: unpruned, halfv, halfv-oneshot, fastv, random")
+@click.option("--keep", "keeps", default="0.5,0.25,0.125", show_default=True,
+              help="comma-separated visual keep budgets (HalfV ivr_keep, FastV/random keep)")
+@click.option("--samples", type=int, default=200, show_default=True, callback=positive_int,
+              help="test questions (the first N of the test split)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="folder for eval.json and eval.png (default: eval-out/<model>/)")
+@click.option("--graphs", "graphs_dir", type=click.Path(), default=None,
+              help="evaluate this exported graphs folder through ONNX Runtime instead of the PyTorch methods")
+@user_errors
+def eval_command(model, model_path, methods, keeps, samples, out_dir, graphs_dir):
+    """Shapes VQA test accuracy per pruning method and budget, relative to unpruned, vs FLOPs speedup."""
+    from pathlib import Path
+
+    from .backbones.registry import get_entry, load_backbone
+    from .fileio import atomic_path, write_json
+    from .profile import shipped_profile
+    from .zoo.eval import METHODS, evaluate, evaluate_graphs, plot
+
+    if model not in ZOO_NAMES:
+        raise UserError(f"eval needs a zoo model ({', '.join(ZOO_NAMES)}): its questions have known answers")
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise UserError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(METHODS)}")
+    try:
+        budgets = [float(k) for k in keeps.split(",") if k.strip()]
+    except ValueError:
+        raise UserError(f"--keep must be comma-separated numbers, got {keeps!r}") from None
+    if not budgets or any(not 0 < k <= 1 for k in budgets):
+        raise UserError(f"--keep values must be in (0, 1], got {keeps!r}")
+    bb = load_backbone(model, model_path)
+    progress = lambda line: click.echo(line, err=True)  # noqa: E731
+    if graphs_dir is not None:
+        report = evaluate_graphs(bb, model, graphs_dir, samples, progress)
+    else:
+        report = evaluate(bb, model, shipped_profile(get_entry(model).profile), names, budgets, samples, progress)
+    out = Path(out_dir or Path("eval-out") / model)
+    write_json(out / "eval.json", report)
+    with atomic_path(out / "eval.png") as tmp:
+        plot(report, tmp)
+    click.echo(f"wrote {out / 'eval.json'} and {out / 'eval.png'}")
 
 
 

@@ -15,6 +15,7 @@ from ..errors import UserError
 from .base import Backbone
 from .llava import LlavaBackbone, LlavaNextBackbone
 from .qwen2_5_vl import Qwen25VLBackbone
+from ..zoo.models import shapes_llava_config, shapes_qwen_config, weights_dir
 
 TINY_SEED = 0
 
@@ -118,10 +119,11 @@ class ModelEntry:
     profile: str  # shipped profile name under calibration/profiles
     description: str
     hf_repo: str | None = None  # None: built-in tiny model, always random-initialised from a fixed seed
+    weights: Path | None = None  # committed weights folder (zoo models trained in this repository)
 
     @property
     def tiny(self) -> bool:
-        return self.hf_repo is None
+        return self.hf_repo is None and self.weights is None
 
 
 MODELS = {e.name: e for e in [
@@ -139,6 +141,10 @@ MODELS = {e.name: e for e in [
                "built-in tiny LLaVA-1.5 (random, seed 0)"),
     ModelEntry("tiny-llava-next", LlavaNextBackbone, tiny_llava_next_config, "tiny-llava-next",
                "built-in tiny LLaVA-NeXT (random, seed 0)"),
+    ModelEntry("shapes-qwen2.5-vl", Qwen25VLBackbone, shapes_qwen_config, "shapes-qwen2.5-vl",
+               "tiny Qwen2.5-VL trained on shapes VQA (halfv_export/zoo)", weights=weights_dir("shapes-qwen2.5-vl")),
+    ModelEntry("shapes-llava", LlavaBackbone, shapes_llava_config, "shapes-llava",
+               "tiny LLaVA-1.5 (Llama) trained on shapes VQA (halfv_export/zoo)", weights=weights_dir("shapes-llava")),
 ]}
 
 TINY_MODELS = [name for name, entry in MODELS.items() if entry.tiny]
@@ -180,6 +186,11 @@ def load_backbone(name: str, model_path: str | os.PathLike | None = None, random
     entry = get_entry(name)
     if model_path is None and (entry.tiny or random_init):
         return build_random(entry, dtype=dtype)
+    if model_path is None and entry.weights is not None:
+        if not entry.weights.is_dir():
+            raise UserError(f"{entry.name} has no trained weights at {entry.weights}: run `halfv-export zoo train "
+                            f"{entry.name}` or pass --random-init")
+        model_path = entry.weights
     path = Path(model_path) if model_path is not None else Path(_find_local_weights(entry))
     if not path.is_dir():
         raise UserError(f"--model-path {path} is not a directory")

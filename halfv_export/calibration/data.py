@@ -166,6 +166,20 @@ def tokenizer_for(bb: Backbone):
     return load_tokenizer(bb.model.name_or_path) if has_weights(bb) else ByteTokenizer()
 
 
+def _folder_pixels(bb: Backbone, low: int, high: int) -> tuple[int, int]:
+    """min/max_pixels from the checkpoint's preprocessor_config.json when it sets them (as the export does)."""
+    if not has_weights(bb):
+        return low, high
+    path = Path(bb.model.name_or_path) / "preprocessor_config.json"
+    try:
+        proc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return low, high
+    size = proc.get("size") or {}  # transformers 5 writes the pixel range as size.shortest/longest_edge
+    return (int(proc.get("min_pixels") or size.get("shortest_edge", low)),
+            int(proc.get("max_pixels") or size.get("longest_edge", high)))
+
+
 def image_processor(bb: Backbone):
     """The family's transformers image processor (PIL backend), configured from the model config only."""
     from transformers import CLIPImageProcessorPil, LlavaNextImageProcessorPil, Qwen2VLImageProcessorPil
@@ -173,6 +187,7 @@ def image_processor(bb: Backbone):
     vision = bb.config.vision_config
     if bb.family == "qwen2_5_vl":
         low, high = CHECKPOINT_QWEN_PIXELS if has_weights(bb) else NO_WEIGHTS_QWEN_PIXELS
+        low, high = _folder_pixels(bb, low, high)
         return Qwen2VLImageProcessorPil(min_pixels=low, max_pixels=high, patch_size=vision.patch_size,
                                         merge_size=vision.spatial_merge_size,
                                         temporal_patch_size=vision.temporal_patch_size)

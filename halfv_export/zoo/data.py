@@ -144,3 +144,19 @@ def samples(split: str, count: int, start: int = 0) -> list[Sample]:
 
 def answer_vocabulary() -> list[str]:
     return sorted(set(COLOURS) | set(SHAPES) | set(COUNT_WORDS[1:]) | {"left", "right", "top", "bottom"})
+
+
+def write_folder(split: str, count: int, side: int, out) -> None:
+    """Images + prompts.jsonl in the `--data DIR` format of calibration (e.g. to calibrate on val questions)."""
+    import json
+    from pathlib import Path
+
+    from ..fileio import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        lines = []
+        for s in samples(split, count):
+            name = f"{split}-{s.index:05d}.png"
+            s.image(side).save(Path(tmp) / name)
+            lines.append(json.dumps({"image": name, "prompt": s.question.prompt, "answer": s.question.answer}))
+        (Path(tmp) / "prompts.jsonl").write_text("\n".join(lines) + "\n")

@@ -11,7 +11,7 @@ from halfv_export.errors import UserError
 
 def test_registry_lists_the_known_backbones():
     assert set(MODELS) == {"qwen2.5-vl-7b", "qwen2.5-vl-3b", "llava-1.5-7b", "llava-next-7b",
-                           "tiny-qwen2.5-vl", "tiny-llava", "tiny-llava-next"}
+                           "tiny-qwen2.5-vl", "tiny-llava", "tiny-llava-next", "shapes-qwen2.5-vl", "shapes-llava"}
     assert set(TINY_MODELS) == {"tiny-qwen2.5-vl", "tiny-llava", "tiny-llava-next"}
 
 

@@ -1,0 +1,88 @@
+"""MODEL_CARD.md and accuracy.json of a trained zoo model, from its train.json and a measured test accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..backbones.registry import load_backbone
+from ..fileio import atomic_path, write_json
+from . import data
+from .eval import accuracy, by_kind, reference_answers, test_set
+from .models import image_side, weights_dir
+
+SUBSET = 50  # the fixed subset tests re-measure (first 50 test questions)
+
+
+def measure(name: str, count: int, folder: Path | None = None) -> dict:
+    bb = load_backbone(name, folder)
+    samples = test_set(max(count, SUBSET))
+    answers = reference_answers(bb, name, samples, None)
+    params = sum(p.numel() for p in bb.model.parameters())
+    return {"model": name, "split": "test", "samples": len(samples), "accuracy": round(accuracy(samples, answers), 4),
+            "by_kind": by_kind(samples, answers), "subset": SUBSET,
+            "subset_accuracy": round(accuracy(samples[:SUBSET], answers[:SUBSET]), 4), "parameters": params}
+
+
+def write_card(name: str, count: int) -> tuple[Path, float]:
+    folder = weights_dir(name)
+    record = json.loads((folder / "train.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    acc = measure(name, count, folder)
+    write_json(folder / "accuracy.json", acc)
+    with atomic_path(folder / "MODEL_CARD.md") as tmp:
+        tmp.write_text(card_text(name, record, config, acc))
+    return folder / "MODEL_CARD.md", acc["accuracy"]
+
+
+def card_text(name: str, record: dict, config: dict, acc: dict) -> str:
+    s = record["settings"]
+    text = config["text_config"]
+    vision = config["vision_config"]
+    side = image_side(name)
+    kinds = ", ".join(f"{k} {v:.2f}" for k, v in acc["by_kind"].items())
+    arch = ("Qwen2_5_VLForConditionalGeneration" if config["model_type"] == "qwen2_5_vl"
+            else "LlavaForConditionalGeneration (Llama text, CLIP vision)")
+    vision_line = (f"depth {vision.get('depth')}, hidden {vision['hidden_size']}, patch 14, 2x2 merge, window 112 px"
+                   if config["model_type"] == "qwen2_5_vl" else
+                   f"CLIP {vision['num_hidden_layers']} layers, hidden {vision['hidden_size']}, {side} px, patch 14, "
+                   f"feature layer {config.get('vision_feature_layer')}")
+    last = record["loss_curve"][-1] if record["loss_curve"] else {"loss": float("nan")}
+    return f"""# {name}
+
+A tiny {arch} trained from scratch in this repository on procedural shapes VQA
+(`halfv_export/zoo/data.py`), so pruning methods can be scored on answers that are right by construction.
+Not a general model: it only knows this task.
+
+## Architecture ({acc['parameters'] / 1e6:.2f} M parameters)
+- text: {text['num_hidden_layers']} layers, hidden {text['hidden_size']}, MLP {text['intermediate_size']}, \
+{text['num_attention_heads']} heads / {text['num_key_value_heads']} kv heads, vocab {text['vocab_size']}, \
+eos id {text['eos_token_id']}, tied embeddings
+- vision: {vision_line}
+- images: {side}x{side} px -> 144 visual tokens; tokenizer: bytes (id = 10 + UTF-8 byte, halfv_export/runtime/text.py)
+- prompt layout: the family chat template of runtime/text.py PROMPT_TEMPLATES (as VlmPipeline builds it)
+
+## Data recipe
+Scenes of 1-4 shapes (circle, square, triangle, cross) in distinct cells of a 2x2 grid, distinct colours
+(red, green, blue, yellow, purple, orange), random size 50-85% of the cell, light plain / checker / stripes
+background. One question per scene, kind uniform over: colour ("What colour is the circle?"), shape
+("Which shape is red?"), count ("How many shapes?"), horizontal ("Is the red circle left or right?"),
+vertical ("... top or bottom?"). One-word answers followed by eos. Sample i of a split comes from
+random.Random(split_seed * 1000003 + i); split seeds train 1, val 2, test 3.
+
+## Training
+    halfv-export zoo train {name}
+{s['examples']} training questions (train indices 0..{s['examples'] - 1}), {s['epochs']} epoch(s), batch {s['batch_size']},
+AdamW lr {s['lr']} (warmup {s['warmup_steps']} steps, cosine to 10%), weight decay {s['weight_decay']}, grad clip 1.0,
+seed {s['seed']}, loss on the answer tokens + eos only, torch {record['torch']} CPU, {record['threads']} threads.
+Run: {record['steps']} of {record['planned_steps']} steps in {record['train_seconds']:.0f} s wall on 2 cores shared with
+other jobs{' (stopped by the time limit)' if record['stopped_early'] else ''}; last logged loss {last['loss']:.4f}.
+Curve in train.json.
+
+## Measured accuracy (greedy, exact match, unpruned, PyTorch reference)
+    halfv-export zoo card {name} --samples {acc['samples'] if acc['samples'] != SUBSET else SUBSET}
+- test split, first {acc['samples']} questions: **{acc['accuracy']:.3f}**
+- first {acc['subset']} test questions (re-measured by tests/zoo): {acc['subset_accuracy']:.3f}
+- by question kind: {kinds}
+Pruning results: `halfv-export eval --model {name}` (see the project report).
+"""

@@ -1,0 +1,216 @@
+"""Accuracy of pruning methods on the shapes VQA test split, against their FLOPs speedup.
+
+    test sample --encode (chat template, processor)--> DecoderInputs --generate(plan)--> answer text
+    exact match with the scene's answer -> accuracy per (method, keep);
+    relative accuracy = accuracy / unpruned accuracy;  FLOPs speedup from halfv_export/flops.py
+    summed over the evaluated samples (each sample's own text and visual counts).
+
+Methods (PyTorch reference, halfv_export.method):
+    unpruned        no pruning
+    halfv           HalfV, fps coverage, shipped profile with ivr_keep = keep
+    halfv-oneshot   the same with one-shot coverage
+    fastv           FastV at layer 2 keeping `keep` of the visual tokens
+    random          random `keep` of the visual tokens at the profile's IVR layer (seed 0)
+For a keep budget the topk SSR share is scaled with it (ssr_keep * keep / ivr_keep): the profile's ratio
+between the two stages is kept, and ssr_keep <= ivr_keep stays true. That scaling is our rule.
+
+With `graphs`, an exported graphs folder answers through the ONNX Runtime VlmPipeline instead; the
+PyTorch reference runs the plan recorded in the folder's manifest, and the agreement between the two
+answer lists is reported next to the accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..backbones.base import Backbone
+from ..errors import UserError
+from ..flops import DecoderDims, fastv_schedule, halfv_schedule, prefill_flops, unpruned_schedule
+from ..method.decoder import generate
+from ..method.plan import PruningPlan
+from ..profile import Profile
+from ..runtime.text import ByteTokenizer
+from . import data
+from .models import image_side
+from .train import encode, processor_for
+
+METHODS = ("unpruned", "halfv", "halfv-oneshot", "fastv", "random")
+DEFAULT_KEEPS = (0.5, 0.25, 0.125)
+FASTV_LAYER = 2
+MAX_NEW_TOKENS = 8  # the longest answer word is 8 bytes; eos comes after it
+
+
+def budget_profile(profile: Profile, keep: float) -> Profile:
+    """The profile with ivr_keep = keep (topk SSR share scaled with it, see the module docstring)."""
+    ssr_keep = profile.ssr_keep * keep / profile.ivr_keep if profile.ssr_keep is not None else None
+    return dataclasses.replace(profile, ivr_keep=keep, ssr_keep=ssr_keep, calibration={})
+
+
+def make_plan(method: str, profile: Profile, keep: float) -> PruningPlan | None:
+    if method == "unpruned":
+        return None
+    if method in ("halfv", "halfv-oneshot"):
+        return PruningPlan.halfv(budget_profile(profile, keep), "fps" if method == "halfv" else "oneshot")
+    if method == "fastv":
+        return PruningPlan.fastv(keep, layer=FASTV_LAYER)
+    if method == "random":
+        return PruningPlan.random(keep, layer=profile.ivr_layer, seed=0)
+    raise UserError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+
+
+def schedule(method: str, profile: Profile, keep: float, n_text: int, n_visual: int):
+    layers = profile.num_layers
+    if method == "unpruned":
+        return unpruned_schedule(layers, n_text, n_visual)
+    if method in ("halfv", "halfv-oneshot"):
+        return halfv_schedule(budget_profile(profile, keep), n_text, n_visual)
+    layer = FASTV_LAYER if method == "fastv" else profile.ivr_layer
+    return fastv_schedule(layers, n_text, n_visual, keep, layer)
+
+
+def test_set(count: int, start: int = 0) -> list[data.Sample]:
+    return data.samples("test", count, start)
+
+
+def answer_text(tokens, eos: int) -> str:
+    ids = [int(t) for t in tokens]
+    if eos in ids:
+        ids = ids[:ids.index(eos)]
+    return ByteTokenizer().decode(ids).strip()
+
+
+def reference_answers(bb: Backbone, name: str, samples: list[data.Sample], plan: PruningPlan | None) -> list[str]:
+    """Greedy answers of the PyTorch reference under `plan` (None: unpruned)."""
+    side = image_side(name)
+    processor = processor_for(bb, side)
+    eos = bb.text_config.eos_token_id
+    out = []
+    with torch.no_grad():
+        for s in samples:
+            batch, _ = encode(bb, s, side, processor, with_answer=False)
+            tokens, _ = generate(bb, bb.prepare(batch), plan, MAX_NEW_TOKENS, eos)
+            out.append(answer_text(tokens[0], eos))
+    return out
+
+
+def accuracy(samples: list[data.Sample], answers: list[str]) -> float:
+    return sum(a == s.question.answer for s, a in zip(samples, answers)) / len(samples)
+
+
+def by_kind(samples: list[data.Sample], answers: list[str]) -> dict:
+    out = {}
+    for kind in data.QUESTION_KINDS:
+        rows = [(s, a) for s, a in zip(samples, answers) if s.question.kind == kind]
+        if rows:
+            out[kind] = round(sum(a == s.question.answer for s, a in rows) / len(rows), 4)
+    return out
+
+
+def token_counts(bb: Backbone, name: str, samples: list[data.Sample]) -> list[tuple[int, int]]:
+    """(text tokens, visual tokens) of each sample's prompt."""
+    side = image_side(name)
+    processor = processor_for(bb, side)
+    counts = []
+    for s in samples:
+        batch, _ = encode(bb, s, side, processor, with_answer=False)
+        n_visual = int((batch.input_ids == bb.image_token_id).sum())
+        counts.append((batch.input_ids.shape[1] - n_visual, n_visual))
+    return counts
+
+
+def evaluate(bb: Backbone, name: str, profile: Profile, methods, keeps, count: int,
+             progress: Callable[[str], None] = lambda line: None) -> dict:
+    torch.set_num_threads(2)
+    profile.check_backbone(bb.family, bb.num_layers, name)
+    samples = test_set(count)
+    dims = DecoderDims.from_config(bb.text_config)
+    counts = token_counts(bb, name, samples)
+
+    def flops(method, keep):
+        return sum(prefill_flops(dims, schedule(method, profile, keep, t, n)) for t, n in counts)
+
+    base_flops = flops("unpruned", 1.0)
+    runs = [("unpruned", 1.0)] + [(m, k) for m in methods if m != "unpruned" for k in keeps]
+    results, base_acc = [], None
+    for method, keep in runs:
+        began = time.perf_counter()
+        answers = reference_answers(bb, name, samples, make_plan(method, profile, keep))
+        acc = accuracy(samples, answers)
+        base_acc = acc if method == "unpruned" else base_acc
+        row = {"method": method, "keep": keep, "accuracy": round(acc, 4),
+               "relative_accuracy": round(acc / base_acc, 4) if base_acc else None,
+               "flops_speedup": round(base_flops / flops(method, keep), 3), "by_kind": by_kind(samples, answers),
+               "seconds": round(time.perf_counter() - began, 1)}
+        results.append(row)
+        progress(f"{method:14s} keep {keep:<6g} accuracy {acc:.3f} relative {row['relative_accuracy']} "
+                 f"speedup {row['flops_speedup']}x")
+    return {"model": name, "split": "test", "samples": count, "profile": profile.to_dict(),
+            "visual_tokens": sorted({n for _, n in counts}), "text_tokens_mean": sum(t for t, _ in counts) / count,
+            "fastv_layer": FASTV_LAYER, "random_layer": profile.ivr_layer, "max_new_tokens": MAX_NEW_TOKENS,
+            "results": results}
+
+
+def evaluate_graphs(bb: Backbone, name: str, graphs_dir: str | os.PathLike, count: int,
+                    progress: Callable[[str], None] = lambda line: None) -> dict:
+    """Accuracy of an exported graphs folder through VlmPipeline, and its agreement with the reference."""
+    from ..manifest import Manifest
+    from ..runtime.vlm import VlmPipeline
+
+    manifest = Manifest.load(graphs_dir)
+    if manifest.get("model") != name:
+        raise UserError(f"{graphs_dir} holds graphs of {manifest.get('model')!r}, not {name!r}")
+    profile = Profile.from_dict(manifest["profile"]) if manifest.get("profile") else None
+    plan = PruningPlan.halfv(profile, manifest.get("coverage") or "fps") if profile is not None else None
+    label = f"graphs ({'halfv-' + manifest['coverage'] if profile is not None else 'unpruned'})"
+    samples = test_set(count)
+    pipe = VlmPipeline(graphs_dir, threads=2)
+    side = image_side(name)
+    began = time.perf_counter()
+    answers = [pipe.answer(s.image(side), s.question.prompt, MAX_NEW_TOKENS).text.strip() for s in samples]
+    seconds = time.perf_counter() - began
+    reference = reference_answers(bb, name, samples, plan)
+    agree = sum(a == r for a, r in zip(answers, reference)) / count
+    dims = DecoderDims.from_config(bb.text_config)
+    counts = token_counts(bb, name, samples)
+    base = sum(prefill_flops(dims, unpruned_schedule(bb.num_layers, t, n)) for t, n in counts)
+    mine = sum(prefill_flops(dims, halfv_schedule(profile, t, n) if profile else unpruned_schedule(bb.num_layers, t, n))
+               for t, n in counts)
+    acc, ref_acc = accuracy(samples, answers), accuracy(samples, reference)
+    progress(f"{label}: accuracy {acc:.3f}, reference {ref_acc:.3f}, agreement {agree:.3f}")
+    return {"model": name, "split": "test", "samples": count, "graphs": str(Path(graphs_dir)),
+            "profile": manifest.get("profile"), "coverage": manifest.get("coverage"),
+            "results": [{"method": label, "keep": profile.ivr_keep if profile else 1.0, "accuracy": round(acc, 4),
+                         "reference_accuracy": round(ref_acc, 4), "agreement_with_reference": round(agree, 4),
+                         "flops_speedup": round(base / mine, 3), "by_kind": by_kind(samples, answers),
+                         "seconds": round(seconds, 1)}]}
+
+
+def plot(report: dict, path: str | os.PathLike) -> None:
+    """Relative accuracy against FLOPs speedup, one line per method (unpruned is the point at 1x)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    methods = []
+    for row in report["results"]:
+        if row["method"] not in methods:
+            methods.append(row["method"])
+    for method in methods:
+        rows = sorted((r for r in report["results"] if r["method"] == method), key=lambda r: r["flops_speedup"])
+        rel = [r.get("relative_accuracy") if r.get("relative_accuracy") is not None else r["accuracy"] for r in rows]
+        ax.plot([r["flops_speedup"] for r in rows], rel, marker="o", label=method)
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.set_xlabel("prefill FLOPs speedup (x)")
+    ax.set_ylabel("relative accuracy (vs unpruned)" if "graphs" not in report else "accuracy")
+    ax.set_title(f"{report['model']}: shapes VQA test, {report['samples']} questions")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,53 @@
+"""Configs of the zoo models: tiny versions of the real architectures, sized to train on 2 CPU cores.
+
+Text side of both: 6 layers, hidden 128, MLP 256, 4 heads / 2 kv heads, vocab 1024 (byte tokenizer ids
+10..265, special ids 0-2 and 1000-1003 as in the built-in tiny models). Images are 336x336 px for Qwen
+(24x24 patches of 14 px, 2x2 merge -> 144 visual tokens) and 168x168 px for LLaVA (12x12 patches of
+14 px -> 144 visual tokens), so both decoders see the same number of visual tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, Qwen2_5_VLConfig
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+QWEN_SIDE = 336
+LLAVA_SIDE = 168
+TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=6, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=1024, max_position_embeddings=2048, bos_token_id=1,
+            eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+
+
+def shapes_qwen_config() -> Qwen2_5_VLConfig:
+    return Qwen2_5_VLConfig(
+        text_config=dict(**TEXT, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [4, 6, 6]}),
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=128,
+                           fullatt_block_indexes=[1]),
+        image_token_id=1000, video_token_id=1001, vision_start_token_id=1002, vision_end_token_id=1003,
+        tie_word_embeddings=True)
+
+
+def shapes_llava_config() -> LlavaConfig:
+    return LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, image_size=LLAVA_SIDE, patch_size=14,
+                                       projection_dim=64),
+        text_config=LlamaConfig(**TEXT, rms_norm_eps=1e-6),
+        image_token_index=1000, vision_feature_layer=-1, vision_feature_select_strategy="default",
+        tie_word_embeddings=True)
+
+
+ZOO = {"shapes-qwen2.5-vl": (shapes_qwen_config, QWEN_SIDE), "shapes-llava": (shapes_llava_config, LLAVA_SIDE)}
+
+
+def image_side(name: str) -> int:
+    return ZOO[name][1]
+
+
+def weights_dir(name: str) -> Path:
+    return WEIGHTS_DIR / name
