@@ -478,6 +478,77 @@ def eval_command(model, model_path, methods, keeps, samples, out_dir, graphs_dir
     click.echo(f"wrote {out / 'eval.json'} and {out / 'eval.png'}")
 
 
+# -- triton / serve (halfv_export.deploy.triton, halfv_export.deploy.serve) ------------------------------
+def port_option(name, what):
+    return click.option(name, type=int, default=None, help=f"{what} port on 127.0.0.1 (default: a free port)")
+
+
+@cli.command()
+@graphs_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="model repository to write")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "python"]), default="onnxruntime",
+              show_default=True, help="how the vision/embed/prefill/decode models run (halfv_vlm is always Python)")
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False), default=None,
+              help="folder from `halfv-export engine` whose plans are copied in (--backend tensorrt)")
+@click.option("--vlm-mode", type=click.Choice(["local", "bls"]), default=None,
+              help="halfv_vlm runs the graphs in-process (local, python backend only) or calls the graph models "
+                   "(bls); default: local for python, bls otherwise")
+@click.option("--max-image-pixels", type=int, default=4096 * 4096, show_default=True, callback=positive_int,
+              help="larger IMAGE inputs are refused with an error response")
+@click.option("--instances", type=int, default=1, show_default=True, callback=positive_int,
+              help="halfv_vlm instances (each one serves one request at a time)")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="ONNX Runtime intra-op threads in the Python models (0: ORT decides)")
+@user_errors
+def triton(graphs_dir, out_dir, backend, engines_dir, vlm_mode, max_image_pixels, instances, threads):
+    """Write a Triton model repository: vision/embed/prefill/decode models and the halfv_vlm Python model."""
+    from .deploy.triton import make_repository
+
+    record = make_repository(graphs_dir, out_dir, backend, engines_dir=engines_dir, vlm_mode=vlm_mode,
+                             max_image_pixels=max_image_pixels, instances=instances, threads=threads)
+    models = ", ".join(f"{name} ({kind})" for name, kind in record["models"].items())
+    click.echo(f"wrote {out_dir}: {models}")
+    if "tensorrt" in record["models"].values() and not record["plans_copied"]:
+        click.echo(f"TensorRT plans still to copy in: see {out_dir}/README.md")
+
+
+@cli.command()
+@graphs_option
+@port_option("--http-port", "HTTP")
+@port_option("--grpc-port", "gRPC")
+@port_option("--metrics-port", "metrics")
+@click.option("--instances", type=int, default=1, show_default=True, callback=positive_int,
+              help="halfv_vlm instances (each one serves one request at a time)")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="ONNX Runtime intra-op threads (0: ORT decides)")
+@click.option("--timeout", type=float, default=180.0, show_default=True, help="seconds to wait for readiness")
+@user_errors
+def serve(graphs_dir, http_port, grpc_port, metrics_port, instances, threads, timeout):
+    """Serve the graphs with the Triton server bundled in nvidia-pytriton (python backend) until Ctrl-C."""
+    import signal
+    import time
+
+    from .deploy.serve import serve_graphs
+
+    def terminate(signum, frame):  # SIGTERM takes the same way out as Ctrl-C: the server group is stopped
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with serve_graphs(graphs_dir, http_port, grpc_port, metrics_port, instances=instances, threads=threads,
+                          timeout=timeout) as server:
+            click.echo(f"serving halfv_vlm at http://{server.url} (gRPC 127.0.0.1:{server.grpc_port}, "
+                       f"metrics 127.0.0.1:{server.metrics_port}); Ctrl-C stops", err=False)
+            sys.stdout.flush()
+            while server.process.poll() is None:
+                time.sleep(0.5)
+            raise UserError(f"tritonserver exited with code {server.process.returncode}; last lines of its log:\n"
+                            f"{server.log_tail()}")
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 def main():
     cli(prog_name="halfv-export")

@@ -20,7 +20,9 @@ stopped by that group id: SIGTERM, then SIGKILL after a grace period.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import signal
 import site
@@ -40,6 +42,9 @@ import numpy as np
 from ..errors import UserError
 
 LOOPBACK = "127.0.0.1"
+STUB_FAILED = "Failed to preinitialize Python stub"
+# model_lifecycle's "failed to load 'm' version 1: ...", a stub that cannot start, the final "error: ..."
+LOAD_ERROR = re.compile(r"failed to load '.*|Failed to preinitialize Python stub.*|^error: .*")
 
 
 @dataclass
@@ -116,6 +121,21 @@ class RunningServer:
     def url(self) -> str:  # what tritonclient.http takes
         return f"{LOOPBACK}:{self.http_port}"
 
+    def startup_errors(self) -> list[str]:
+        """First line of each model-load failure in the log (the rest of the log is tables and CUDA noise)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return []
+        found = []
+        for line in text.splitlines():
+            match = LOAD_ERROR.search(line)
+            if match:
+                message = match.group(0).split("\\n")[0].strip().rstrip('"')
+                if message not in found:
+                    found.append(message)
+        return found
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -185,12 +205,15 @@ def triton_server(repository, http_port: int | None = None, grpc_port: int | Non
             deadline = time.monotonic() + timeout
             while not _ready(ports[0]):
                 if process.poll() is not None:
-                    raise UserError(f"tritonserver exited with code {process.returncode} before it was ready; "
-                                    f"last lines of its log:\n{server.log_tail()}")
+                    raise UserError(f"tritonserver exited with code {process.returncode} before it was ready: "
+                                    f"{'; '.join(server.startup_errors()) or server.log_tail()}")
+                errors = server.startup_errors()
+                if any(STUB_FAILED in line for line in errors):  # the server would wait for this stub forever
+                    raise UserError(f"tritonserver could not start a Python model: {'; '.join(errors)}")
                 if time.monotonic() > deadline:
                     raise UserError(f"tritonserver was not ready within {timeout:.0f} s; "
-                                    f"last lines of its log:\n{server.log_tail()}")
-                time.sleep(0.25)
+                                    f"{'; '.join(errors) or 'last lines of its log:' + chr(10) + server.log_tail()}")
+                time.sleep(0.5)
             yield server
         finally:
             stop(process)
@@ -225,8 +248,7 @@ def ask(url: str, image: np.ndarray, prompt: str, max_new_tokens: int | None = N
     import tritonclient.http as http
 
     image = np.asarray(image)
-    inputs = [http.InferInput("IMAGE", list(image.shape), "UINT8" if image.dtype == np.uint8 else
-                              _triton_dtype(image.dtype)),
+    inputs = [http.InferInput("IMAGE", list(image.shape), _triton_dtype(image.dtype)),
               http.InferInput("PROMPT", [1], "BYTES")]
     inputs[0].set_data_from_numpy(image)
     inputs[1].set_data_from_numpy(np.array([prompt.encode("utf-8")], dtype=np.object_))
