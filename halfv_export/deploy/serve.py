@@ -171,8 +171,10 @@ def stop(process: subprocess.Popen, grace: float = 20.0) -> None:
 
 @contextlib.contextmanager
 def triton_server(repository, http_port: int | None = None, grpc_port: int | None = None,
-                  metrics_port: int | None = None, timeout: float = 180.0, workdir=None):
+                  metrics_port: int | None = None, timeout: float = 180.0, workdir=None, models=None):
     """Run the bundled tritonserver on `repository` until the block ends; yields a RunningServer once ready.
+
+    `models`: load only these (explicit model control); default: every model in the repository.
 
     Ports default to free loopback ports. UserError (with the log's last lines) if it is not ready within
     `timeout` seconds or exits early; the process group is stopped in every case.
@@ -197,6 +199,8 @@ def triton_server(repository, http_port: int | None = None, grpc_port: int | Non
                    f"--grpc-address={LOOPBACK}", f"--grpc-port={ports[1]}",
                    f"--metrics-address={LOOPBACK}", f"--metrics-port={ports[2]}",
                    "--exit-timeout-secs=10", "--strict-readiness=true"]
+        if models:
+            command += ["--model-control-mode=explicit"] + [f"--load-model={name}" for name in models]
         with open(log, "wb") as sink:
             process = subprocess.Popen(command, env=server_env(layout), stdout=sink, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
@@ -223,14 +227,19 @@ def triton_server(repository, http_port: int | None = None, grpc_port: int | Non
 def serve_graphs(graphs_dir, http_port: int | None = None, grpc_port: int | None = None,
                  metrics_port: int | None = None, *, vlm_mode: str = "local", instances: int = 1, threads: int = 0,
                  max_image_pixels: int | None = None, timeout: float = 180.0):
-    """A python-backend repository for `graphs_dir` in a temp dir, served until the block ends."""
-    from .triton import DEFAULT_MAX_IMAGE_PIXELS, make_repository
+    """A python-backend repository for `graphs_dir` in a temp dir, served until the block ends.
+
+    In local mode only halfv_vlm is loaded: it runs the graphs itself, and loading the four graph models too
+    would hold every weight twice.
+    """
+    from .triton import DEFAULT_MAX_IMAGE_PIXELS, VLM_MODEL, make_repository
 
     with tempfile.TemporaryDirectory(prefix="halfv-serve-") as work:
         repo = Path(work) / "repository"
         make_repository(graphs_dir, repo, "python", vlm_mode=vlm_mode, instances=instances, threads=threads,
                         max_image_pixels=max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)
-        with triton_server(repo, http_port, grpc_port, metrics_port, timeout, workdir=work) as server:
+        with triton_server(repo, http_port, grpc_port, metrics_port, timeout, workdir=work,
+                           models=[VLM_MODEL] if vlm_mode == "local" else None) as server:
             yield server
 
 

@@ -26,6 +26,7 @@ carries its batch dimension explicitly.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -113,7 +114,6 @@ def vlm_config(mode: str, models: dict, max_image_pixels: int, instances: int, t
     if threads:
         _parameter(config, "intra_op_threads", threads)
     if mode == "bls":
-        import json
         _parameter(config, "models", json.dumps(models, sort_keys=True))
     return config
 

@@ -77,6 +77,15 @@ def test_concurrent_requests_equal_local_pipeline(server, local):
     assert len({tuple(r.tokens) for r in replies.values()}) > 1  # the cases really differ
 
 
+def test_local_mode_loads_only_halfv_vlm(server):
+    client = http.InferenceServerClient(server.url)
+    try:
+        index = {m["name"]: m.get("state") for m in client.get_model_repository_index()}
+    finally:
+        client.close()
+    assert index == {"halfv_vlm": "READY", "vision": None, "embed": None, "prefill": None, "decode": None}
+
+
 def test_bad_requests_get_clear_errors_and_server_keeps_serving(server):
     image, prompt, _ = request_case(0)
     prompt_only = good_inputs()[1:]
