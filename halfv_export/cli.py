@@ -479,8 +479,8 @@ def eval_command(model, model_path, methods, keeps, samples, out_dir, graphs_dir
 
 
 # -- triton / serve (halfv_export.deploy.triton, halfv_export.deploy.serve) ------------------------------
-def port_option(name, what):
-    return click.option(name, type=int, default=None, help=f"{what} port on 127.0.0.1 (default: a free port)")
+def port_option(name, what, default):
+    return click.option(name, type=int, default=default, show_default=True, help=f"{what} port (127.0.0.1 only)")
 
 
 @cli.command()
@@ -514,9 +514,9 @@ def triton(graphs_dir, out_dir, backend, engines_dir, vlm_mode, max_image_pixels
 
 @cli.command()
 @graphs_option
-@port_option("--http-port", "HTTP")
-@port_option("--grpc-port", "gRPC")
-@port_option("--metrics-port", "metrics")
+@port_option("--http-port", "HTTP", 8000)
+@port_option("--grpc-port", "gRPC", 8001)
+@port_option("--metrics-port", "metrics", 8002)
 @click.option("--instances", type=int, default=1, show_default=True, callback=positive_int,
               help="halfv_vlm instances (each one serves one request at a time)")
 @click.option("--threads", type=int, default=0, show_default=True,

@@ -214,6 +214,8 @@ def make_repository(graphs_dir, out, backend: str = "onnxruntime", *, engines_di
     out = Path(out)
     if out.resolve() == manifest.folder.resolve() or manifest.folder.resolve() in out.resolve().parents:
         raise UserError(f"--out {out} must not be inside the graphs folder {manifest.folder}")
+    if out.exists() and not (out / VLM_MODEL / "config.pbtxt").is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} exists and is not a halfv-export Triton repository: remove it or choose another")
     models = {role: role for role in ROLES}
     with atomic_dir(out) as tmp:
         for role in ROLES:

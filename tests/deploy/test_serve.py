@@ -136,7 +136,8 @@ def test_serve_command_stops_on_sigterm():
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "halfv_export.cli", "serve", "--graphs", str(exported_graphs(MODEL)),
-               "--http-port", str(port), "--threads", "1", "--timeout", "240"]
+               "--http-port", str(port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+               "--threads", "1", "--timeout", "240"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)
     try:

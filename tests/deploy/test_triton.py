@@ -101,6 +101,12 @@ def test_refusals_write_nothing(tmp_path):
         make_repository(graphs, out, "tensorrt", engines_dir=tmp_path)
     with pytest.raises(UserError, match="must not be inside the graphs folder"):
         make_repository(graphs, graphs / "repo", "python")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="exists and is not a halfv-export Triton repository"):
+        make_repository(graphs, precious, "python")
+    assert [p.name for p in precious.iterdir()] == ["notes.txt"]
     damaged = copy_graphs("tiny-qwen2.5-vl", tmp_path / "damaged")
     with open(damaged / "decode.onnx", "ab") as fh:
         fh.write(b"\0")
@@ -111,6 +117,8 @@ def test_refusals_write_nothing(tmp_path):
     assert not (graphs / "repo").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp leftovers
     assert (out / VLM_MODEL / "config.pbtxt").is_file()
+    make_repository(graphs, out, "onnxruntime")  # a repository of ours is replaced as a whole
+    assert read_config(out / "vision").platform == "onnxruntime_onnx" and not (out / "vision" / "1" / "model.py").exists()
 
 
 def test_triton_command(tmp_path):
