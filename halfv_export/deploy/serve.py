@@ -153,19 +153,18 @@ def _ready(port: int) -> bool:
 
 def stop(process: subprocess.Popen, grace: float = 20.0) -> None:
     """SIGTERM to the server's process group, SIGKILL if it outlives the grace period."""
-    if process.poll() is not None:
-        return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        if process.poll() is not None:
+            break
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
-            return
+            break
         try:
             process.wait(timeout=wait)
-            break
         except subprocess.TimeoutExpired:
             continue
-    with contextlib.suppress(ProcessLookupError):  # stubs that outlived the server
+    with contextlib.suppress(ProcessLookupError):  # stubs that outlived the server (or a crashed one)
         os.killpg(process.pid, signal.SIGKILL)
 
 
