@@ -163,8 +163,10 @@ def export_command(model, model_path, random_init, profile_path, out, opset, dty
 # -- check (halfv_export.parity) --------------------------------------------------------------------
 @cli.command()
 @graphs_option
-@click.option("--backend", type=click.Choice(["ort"]), default="ort", show_default=True,
-              help="runtime the graphs are checked on (TensorRT comes with the engines)")
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="ort: ONNX Runtime vs the PyTorch reference; trt: also the TensorRT engines vs ONNX Runtime")
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False), default=None,
+              help="with --backend trt: folder written by `halfv-export engine` (default engines/<model>/)")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="write every comparison (shape, max abs diff, verdict) as JSON")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None,
@@ -173,13 +175,25 @@ def export_command(model, model_path, random_init, profile_path, out, opset, dty
 @random_init_option
 @click.option("--threads", type=int, default=None, callback=positive_int, help="ONNX Runtime intra-op threads")
 @user_errors
-def check(graphs_dir, backend, report_path, junit_path, model_path, random_init, threads):
+def check(graphs_dir, backend, engines_dir, report_path, junit_path, model_path, random_init, threads):
     """Compare exported graphs with the PyTorch reference (Polygraphy + greedy tokens). Exit 1 on a mismatch."""
     from polygraphy.logger import G_LOGGER
 
     from .parity import check_graphs
 
     G_LOGGER.module_severity = G_LOGGER.ERROR  # our summary below replaces Polygraphy's per-output log
+    if backend == "trt":  # engines vs ONNX Runtime first; ONNX Runtime vs the reference follows
+        from .engines.builder import default_engines_dir
+        from .engines.compare import compare_trt
+        from .manifest import Manifest
+
+        engines_dir = engines_dir or default_engines_dir(Manifest.load(graphs_dir))
+        trt_report = compare_trt(graphs_dir, engines_dir)
+        for role, result in trt_report["roles"].items():
+            click.echo(f"trt {role:8} {'passed' if result['passed'] else 'FAILED'} ({trt_report['precision']})")
+        if not trt_report["passed"]:
+            click.echo(f"FAILED: TensorRT engines in {engines_dir} differ from ONNX Runtime", err=True)
+            sys.exit(1)
     report = check_graphs(graphs_dir, model_path=model_path, random_init=random_init, threads=threads)
     if report_path:
         report.save_json(report_path)

@@ -124,3 +124,14 @@ def test_graph_of_another_model_is_refused(tmp_path):
     result, _, _ = run_check(folder, tmp_path)
     assert result.exit_code == 2, result.output
     assert "position_ids rank 3 differs from tiny-llava's 2: graph from another model" in result.output
+
+
+def test_check_trt_backend_without_tensorrt_is_one_line(tmp_path):
+    from halfv_export.engines.builder import tensorrt_available
+
+    if tensorrt_available():
+        pytest.skip("TensorRT is importable here: the engine comparison runs in tests/engines")
+    result = CliRunner().invoke(cli, ["check", "--graphs", str(exported_graphs("tiny-llava")), "--backend", "trt",
+                                      "--engines", str(tmp_path / "engines")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: TensorRT is not importable") and result.stderr.count("\n") == 1
