@@ -19,12 +19,11 @@ Torch-free: the runtime, Triton models and Jetson bundles read it.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 from .errors import UserError
-from .fileio import write_json
+from .fileio import read_json_object, write_json
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -51,13 +50,8 @@ class Manifest(dict):
         path = folder / MANIFEST_NAME
         if not folder.is_dir():
             raise UserError(f"graphs folder not found: {folder}")
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{folder} has no {MANIFEST_NAME}: not a halfv-export graphs folder") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        data = read_json_object(path, f"{folder} has no {MANIFEST_NAME}: not a halfv-export graphs folder")
+        if data.get("schema_version") != SCHEMA_VERSION:
             raise UserError(f"{path}: unsupported manifest (schema_version {data.get('schema_version')!r})")
         manifest = cls(data, folder)
         if verify:

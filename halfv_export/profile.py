@@ -5,14 +5,13 @@ Calibration writes it, everything else reads it. Torch-free, so the runtime can 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 from .errors import UserError
-from .fileio import write_json
+from .fileio import read_json_object, write_json
 
 SCHEMA_VERSION = 1
 SSR_MODES = ("topk", "freeze", "none")
@@ -100,14 +99,7 @@ class Profile:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Profile":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"profile not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"profile {path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"profile {path} is not a JSON object")
+        data = read_json_object(path, f"profile not found: {path}")
         try:
             return cls.from_dict(data)
         except TypeError as exc:

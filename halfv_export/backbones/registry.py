@@ -24,6 +24,17 @@ def _qwen_config(text: dict, vision: dict, **ids) -> Qwen2_5_VLConfig:
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
 
 
+# Qwen2.5-VL 3B and 7B: same vision tower (only its output width differs) and special token ids.
+def _qwen_release_vision(out_hidden_size: int) -> dict:
+    return dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
+                temporal_patch_size=2, window_size=112, out_hidden_size=out_hidden_size,
+                fullatt_block_indexes=[7, 15, 23, 31])
+
+
+QWEN_RELEASE_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+                        vision_end_token_id=151653)
+
+
 def tiny_qwen_config() -> Qwen2_5_VLConfig:
     return _qwen_config(
         dict(hidden_size=128, intermediate_size=256, num_hidden_layers=6, num_attention_heads=4,
@@ -42,9 +53,7 @@ def qwen7b_config() -> Qwen2_5_VLConfig:
              num_key_value_heads=4, vocab_size=152064, max_position_embeddings=128000, rms_norm_eps=1e-6,
              rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
              bos_token_id=151643, eos_token_id=151645, tie_word_embeddings=False),
-        dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
-             temporal_patch_size=2, window_size=112, out_hidden_size=3584, fullatt_block_indexes=[7, 15, 23, 31]),
-        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        _qwen_release_vision(3584), **QWEN_RELEASE_IDS,
     )
 
 
@@ -54,9 +63,7 @@ def qwen3b_config() -> Qwen2_5_VLConfig:
              num_key_value_heads=2, vocab_size=151936, max_position_embeddings=128000, rms_norm_eps=1e-6,
              rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
              bos_token_id=151643, eos_token_id=151645, tie_word_embeddings=True),
-        dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
-             temporal_patch_size=2, window_size=112, out_hidden_size=2048, fullatt_block_indexes=[7, 15, 23, 31]),
-        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        _qwen_release_vision(2048), **QWEN_RELEASE_IDS,
     )
 
 
