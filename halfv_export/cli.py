@@ -398,19 +398,26 @@ def zoo():
 @click.option("--lr", type=float, default=None, help="peak learning rate (AdamW, warmup + cosine)")
 @click.option("--seed", type=int, default=None)
 @click.option("--time-limit", type=float, default=None, help="stop and save after this many seconds")
+@click.option("--first-example", type=int, default=None, help="first train-split index used (default 0)")
+@click.option("--init", "init", type=click.Path(file_okay=False), default=None,
+              help="continue from this weights folder instead of a random init (its train.json is kept)")
 @user_errors
-def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit):
+def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit, first_example, init):
     """Train NAME from scratch on the shapes train split (CPU, deterministic, progress on stderr)."""
     import dataclasses
+    from pathlib import Path
 
     from .zoo.models import weights_dir
     from .zoo.train import DEFAULTS, save, train
 
-    given = dict(examples=examples, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, time_limit_s=time_limit)
+    given = dict(examples=examples, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, time_limit_s=time_limit,
+                 first_example=first_example)
     settings = dataclasses.replace(DEFAULTS[name], **{k: v for k, v in given.items() if v is not None})
     if settings.batch_size > settings.examples:
         raise UserError(f"--batch-size {settings.batch_size} is larger than --examples {settings.examples}")
-    bb, record = train(name, settings, progress=lambda line: click.echo(line, err=True))
+    if init is not None and not (Path(init) / "config.json").is_file():
+        raise UserError(f"--init {init} is not a weights folder (no config.json)")
+    bb, record = train(name, settings, progress=lambda line: click.echo(line, err=True), init=init)
     path = save(bb, name, out or weights_dir(name), record)
     click.echo(f"wrote {path} ({record['steps']} steps, {record['train_seconds']:.0f} s, "
                f"final loss {record['loss_curve'][-1]['loss']:.4f})")

@@ -36,7 +36,6 @@ def write_card(name: str, count: int) -> tuple[Path, float]:
 
 
 def card_text(name: str, record: dict, config: dict, acc: dict) -> str:
-    s = record["settings"]
     text = config["text_config"]
     vision = config["vision_config"]
     side = image_side(name)
@@ -47,7 +46,10 @@ def card_text(name: str, record: dict, config: dict, acc: dict) -> str:
                    if config["model_type"] == "qwen2_5_vl" else
                    f"CLIP {vision['num_hidden_layers']} layers, hidden {vision['hidden_size']}, {side} px, patch 14, "
                    f"feature layer {config.get('vision_feature_layer')}")
-    last = record["loss_curve"][-1] if record["loss_curve"] else {"loss": float("nan")}
+    stages = [record]
+    while stages[0].get("previous"):
+        stages.insert(0, stages[0]["previous"])
+    training = "\n".join(stage_text(name, stage, i, len(stages)) for i, stage in enumerate(stages))
     return f"""# {name}
 
 A tiny {arch} trained from scratch in this repository on procedural shapes VQA
@@ -71,13 +73,8 @@ vertical ("... top or bottom?"). One-word answers followed by eos. Sample i of a
 random.Random(split_seed * 1000003 + i); split seeds train 1, val 2, test 3.
 
 ## Training
-    halfv-export zoo train {name}
-{s['examples']} training questions (train indices 0..{s['examples'] - 1}), {s['epochs']} epoch(s), batch {s['batch_size']},
-AdamW lr {s['lr']} (warmup {s['warmup_steps']} steps, cosine to 10%), weight decay {s['weight_decay']}, grad clip 1.0,
-seed {s['seed']}, loss on the answer tokens + eos only, torch {record['torch']} CPU, {record['threads']} threads.
-Run: {record['steps']} of {record['planned_steps']} steps in {record['train_seconds']:.0f} s wall on 2 cores shared with
-other jobs{' (stopped by the time limit)' if record['stopped_early'] else ''}; last logged loss {last['loss']:.4f}.
-Curve in train.json.
+{training}
+Curves in train.json ("previous" holds the first stage when training continued from a folder).
 
 ## Measured accuracy (greedy, exact match, unpruned, PyTorch reference)
     halfv-export zoo card {name} --samples {acc['samples'] if acc['samples'] != SUBSET else SUBSET}
@@ -85,4 +82,24 @@ Curve in train.json.
 - first {acc['subset']} test questions (re-measured by tests/zoo): {acc['subset_accuracy']:.3f}
 - by question kind: {kinds}
 Pruning results: `halfv-export eval --model {name}` (see the project report).
+"""
+
+
+def stage_text(name: str, record: dict, index: int, count: int) -> str:
+    s = record["settings"]
+    first = s.get("first_example", 0)
+    options = "" if record.get("init") is None else (
+        f" --init <stage {index} folder> --first-example {first} --examples {s['examples']} --lr {s['lr']}")
+    last = record["loss_curve"][-1]["loss"] if record["loss_curve"] else float("nan")
+    title = f"Stage {index + 1} of {count}" if count > 1 else "Single stage"
+    return f"""{title}:
+
+    halfv-export zoo train {name}{options}
+
+{s['examples']} training questions (train indices {first}..{first + s['examples'] - 1}), {s['epochs']} epoch(s), \
+batch {s['batch_size']}, AdamW lr {s['lr']} (warmup {s['warmup_steps']} steps, cosine to 10%), weight decay \
+{s['weight_decay']}, grad clip 1.0, seed {s['seed']}, loss on the answer tokens + eos only, torch {record['torch']} \
+CPU, {record['threads']} threads. Ran {record['steps']} of {record['planned_steps']} steps in \
+{record['train_seconds']:.0f} s wall on 2 cores shared with other jobs\
+{' (stopped by the time limit)' if record['stopped_early'] else ''}; last logged loss {last:.4f}.
 """

@@ -33,7 +33,8 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class TrainSettings:
-    examples: int = 1600  # distinct training questions (train split indices 0..examples-1)
+    examples: int = 1600  # distinct training questions (train split indices first..first+examples-1)
+    first_example: int = 0
     epochs: int = 1
     batch_size: int = 8
     lr: float = 3e-3
@@ -111,10 +112,17 @@ def lr_at(step: int, total: int, settings: TrainSettings) -> float:
     return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def train(name: str, settings: TrainSettings, progress: Callable[[str], None] = print) -> tuple[Backbone, dict]:
-    """Train from scratch; returns the model and a record (settings, loss curve, time)."""
+def train(name: str, settings: TrainSettings, progress: Callable[[str], None] = print,
+          init: str | Path | None = None) -> tuple[Backbone, dict]:
+    """Train from scratch (or continue from the weights folder `init`); returns the model and a record."""
     torch.set_num_threads(2)
-    bb = build_model(name, settings.seed)
+    if init is not None:
+        from ..backbones.registry import load_backbone
+
+        bb = load_backbone(name, init)
+        previous = json.loads((Path(init) / "train.json").read_text()) if (Path(init) / "train.json").is_file() else None
+    else:
+        bb, previous = build_model(name, settings.seed), None
     side = image_side(name)
     processor = processor_for(bb, side)
     tokenizer = ByteTokenizer()
@@ -133,7 +141,8 @@ def train(name: str, settings: TrainSettings, progress: Callable[[str], None] = 
         running, seen = 0.0, 0
         for i in range(steps_per_epoch):
             idx = perm[i * settings.batch_size:(i + 1) * settings.batch_size]
-            items = [encode(bb, data.sample("train", j), side, processor, tokenizer) for j in idx]
+            items = [encode(bb, data.sample("train", settings.first_example + j), side, processor, tokenizer)
+                     for j in idx]
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, settings)
             loss = model(**collate(bb, items)).loss
@@ -158,7 +167,8 @@ def train(name: str, settings: TrainSettings, progress: Callable[[str], None] = 
     model.eval()
     record = {"model": name, "settings": asdict(settings), "steps": step, "planned_steps": total,
               "stopped_early": stopped, "train_seconds": round(time.perf_counter() - began, 1),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "loss_curve": curve}
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "loss_curve": curve,
+              "init": str(init) if init is not None else None, "previous": previous}
     return bb, record
 
 
