@@ -8,7 +8,7 @@ from pathlib import Path
 from ..backbones.registry import load_backbone
 from ..fileio import atomic_path, write_json
 from . import data
-from .eval import accuracy, by_kind, reference_answers, test_set
+from .eval import accuracy, by_kind, eval_questions, reference_answers
 from .models import image_side, weights_dir
 
 SUBSET = 50  # the fixed subset tests re-measure (first 50 test questions)
@@ -16,7 +16,7 @@ SUBSET = 50  # the fixed subset tests re-measure (first 50 test questions)
 
 def measure(name: str, count: int, folder: Path | None = None) -> dict:
     bb = load_backbone(name, folder)
-    samples = test_set(max(count, SUBSET))
+    samples = eval_questions(max(count, SUBSET))
     answers = reference_answers(bb, name, samples, None)
     params = sum(p.numel() for p in bb.model.parameters())
     return {"model": name, "split": "test", "samples": len(samples), "accuracy": round(accuracy(samples, answers), 4),

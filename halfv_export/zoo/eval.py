@@ -74,7 +74,7 @@ def schedule(method: str, profile: Profile, keep: float, n_text: int, n_visual: 
     return fastv_schedule(layers, n_text, n_visual, keep, layer)
 
 
-def test_set(count: int, start: int = 0) -> list[data.Sample]:
+def eval_questions(count: int, start: int = 0) -> list[data.Sample]:
     return data.samples("test", count, start)
 
 
@@ -128,7 +128,7 @@ def evaluate(bb: Backbone, name: str, profile: Profile, methods, keeps, count: i
              progress: Callable[[str], None] = lambda line: None) -> dict:
     torch.set_num_threads(2)
     profile.check_backbone(bb.family, bb.num_layers, name)
-    samples = test_set(count)
+    samples = eval_questions(count)
     dims = DecoderDims.from_config(bb.text_config)
     counts = token_counts(bb, name, samples)
 
@@ -168,7 +168,7 @@ def evaluate_graphs(bb: Backbone, name: str, graphs_dir: str | os.PathLike, coun
     profile = Profile.from_dict(manifest["profile"]) if manifest.get("profile") else None
     plan = PruningPlan.halfv(profile, manifest.get("coverage") or "fps") if profile is not None else None
     label = f"graphs ({'halfv-' + manifest['coverage'] if profile is not None else 'unpruned'})"
-    samples = test_set(count)
+    samples = eval_questions(count)
     pipe = VlmPipeline(graphs_dir, threads=2)
     side = image_side(name)
     began = time.perf_counter()

@@ -8,7 +8,7 @@ import pytest
 
 from halfv_export.backbones import load_backbone
 from halfv_export.zoo.card import SUBSET
-from halfv_export.zoo.eval import accuracy, reference_answers, test_set
+from halfv_export.zoo.eval import accuracy, eval_questions, reference_answers
 from halfv_export.zoo.models import weights_dir
 
 ZOO = ["shapes-qwen2.5-vl", "shapes-llava"]
@@ -21,6 +21,6 @@ def test_committed_weights_reach_the_recorded_accuracy(name):
     assert (folder / "MODEL_CARD.md").is_file()
     bb = load_backbone(name)  # no path: the registry finds the committed folder
     assert bb.model.name_or_path == str(folder)
-    samples = test_set(SUBSET)
+    samples = eval_questions(SUBSET)
     measured = accuracy(samples, reference_answers(bb, name, samples, None))
     assert abs(measured - recorded["subset_accuracy"]) <= 0.01
