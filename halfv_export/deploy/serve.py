@@ -11,7 +11,9 @@ shared libraries in `site-packages/nvidia_pytriton.libs`. Starting it by hand ne
     machines still need the library file; the server logs NVML/CUDA warnings and carries on).
   * a backend directory = a copy of backends/ with the stub for this Python version placed in backends/python/.
   * PYTHONPATH = this interpreter's site-packages, so the stub imports numpy, onnxruntime, pillow and tokenizers
-    (halfv_export itself is copied into the repository by deploy/triton.py).
+    (halfv_export itself is copied into the repository by deploy/triton.py), and this interpreter's bin directory
+    first on PATH: the stub's embedded Python resolves its prefix from the first `python3` on PATH, so without it
+    a venv that is not activated is invisible to the stub (ModuleNotFoundError: numpy / onnxruntime).
 
 The server runs in its own process group (the Python stubs are its children) bound to 127.0.0.1 only, and is
 stopped by that group id: SIGTERM, then SIGKILL after a grace period.
@@ -82,6 +84,10 @@ def server_env(layout: TritonLayout, base: dict | None = None) -> dict:
     env["LD_LIBRARY_PATH"] = os.pathsep.join(paths)
     sites = [p for p in site.getsitepackages() if os.path.isdir(p)]
     env["PYTHONPATH"] = os.pathsep.join(sites + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    # The stub's embedded interpreter finds its prefix (and so a venv's site-packages) from the first
+    # `python3` on PATH; PYTHONPATH alone did not reach it when the venv was not activated (CI runs
+    # `.venv/bin/python -m pytest`). Put this interpreter's own bin directory first.
+    env["PATH"] = os.pathsep.join(p for p in (os.path.dirname(sys.executable), env.get("PATH")) if p)
     return env
 
 
