@@ -6,11 +6,8 @@ unpruned baseline: the prefill graph only, the other two do not depend on the pl
 
 from __future__ import annotations
 
-import atexit
 import functools
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +25,7 @@ from halfv_export.manifest import Manifest
 from halfv_export.method import PruningPlan, decode_step_tensors, prefill, prefill_tensors
 from halfv_export.profile import PROFILES_DIR, shipped_profile
 from tests.conftest import TINY, TINY_IMAGES, tiny_backbone
+from tests.runtime.exported import exported_graphs, session_dir
 
 COVERAGES = ("fps", "oneshot")
 COUNTS = (16, 24)  # two visual-token counts: a K baked in at export time cannot pass both
@@ -35,20 +33,14 @@ ATOL = 1e-4
 
 
 @functools.lru_cache(maxsize=None)
-def _root() -> Path:
-    path = Path(tempfile.mkdtemp(prefix="halfv-export-test-"))
-    atexit.register(shutil.rmtree, path, True)
-    return path
-
-
-@functools.lru_cache(maxsize=None)
 def exported(name: str, coverage: str | None) -> Manifest:
-    """coverage None: the unpruned baseline."""
+    """coverage None: the unpruned baseline. fps: the session's shared full export (tests/runtime/exported.py)."""
+    if coverage == "fps":
+        return Manifest.load(exported_graphs(name))
     profile = shipped_profile(name)
     plan = PruningPlan.halfv(profile, coverage) if coverage else None
-    roles = ("embed", "prefill", "decode") if coverage == "fps" else ("prefill",)
-    return export_graphs(tiny_backbone(name), name, _root() / f"{name}-{coverage}", plan,
-                         profile if plan else None, roles=roles)
+    return export_graphs(tiny_backbone(name), name, session_dir() / f"{name}-{coverage}", plan,
+                         profile if plan else None, roles=("prefill",))
 
 
 @functools.lru_cache(maxsize=None)
@@ -250,7 +242,7 @@ def test_manifest_describes_the_folder(name):
     assert config["eos_token_id"] == bb.text_config.eos_token_id
     low, opt, high = (manifest["visual_tokens"][k] for k in ("min", "opt", "max"))
     assert 1 <= low <= opt <= high
-    assert set(manifest["graphs"]) == {"embed", "prefill", "decode"}
+    assert set(manifest["graphs"]) == {"vision", "embed", "prefill", "decode"}
     prefill_io = manifest["graphs"]["prefill"]
     inputs = {i["name"]: i for i in prefill_io["inputs"]}
     assert list(inputs) == ["prefix_embeds", "visual_embeds", "suffix_embeds", "position_ids"]

@@ -18,7 +18,7 @@ from tests.conftest import tiny_backbone
 
 
 @functools.lru_cache(maxsize=None)
-def _session_dir() -> Path:
+def session_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="halfv-graphs-"))
     atexit.register(shutil.rmtree, path, True)
     return path
@@ -30,7 +30,7 @@ def exported_graphs(name: str) -> Path:
     from halfv_export.graphs.export import export_graphs
 
     profile = shipped_profile(name)
-    out = _session_dir() / name
+    out = session_dir() / name
     export_graphs(tiny_backbone(name), name, out, PruningPlan.halfv(profile), profile)
     return out
 
