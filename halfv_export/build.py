@@ -50,7 +50,7 @@ class BuildSummary:
         return [f"{k:<{width}}  {v}" for k, v in rows]
 
 
-def choose_profile(bb, model: str, model_path, calibration_out: Path):
+def choose_profile(bb, model: str, calibration_out: Path):
     """The shipped profile when it fits the loaded model, else a fresh calibration (synthetic set)."""
     from .backbones.registry import get_entry
     from .profile import shipped_profile
@@ -65,7 +65,8 @@ def choose_profile(bb, model: str, model_path, calibration_out: Path):
     from .calibration.run import calibrate, write_outputs
 
     say(f"[build] shipped profile does not fit {model}: calibrating ...")
-    profile = calibrate(bb, model, synthetic_samples(16), progress=say)
+    profile = calibrate(bb, model, synthetic_samples(16),
+                        progress=lambda phase, done, total: say(f"[build] calibrate: {phase} {done}/{total}"))
     write_outputs(profile, calibration_out)
     return profile, f"calibrated ({calibration_out})"
 
@@ -80,7 +81,7 @@ def build(model: str, model_path=None, random_init: bool = False, out_root: str 
 
     out_root = Path(out_root)
     bb = load_backbone(model, model_path=model_path, random_init=random_init)
-    profile, source = choose_profile(bb, model, model_path, out_root / "calibration-out" / f"{model}.json")
+    profile, source = choose_profile(bb, model, out_root / "calibration-out" / f"{model}.json")
     say(f"[build] profile: IVR {profile.ivr_layer}, SSR {profile.ssr_layer} ({profile.ssr_mode}) - {source}")
 
     graphs_dir = out_root / "graphs" / model

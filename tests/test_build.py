@@ -29,3 +29,20 @@ def test_build_unknown_model_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["build", "--model", "gpt-vision", "--out-root", str(tmp_path)])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: unknown model 'gpt-vision'") and result.stderr.count("\n") == 1
+
+
+def test_build_calibrates_when_no_shipped_profile_fits(tmp_path):
+    """A 4-layer checkpoint of the tiny LLaVA architecture: the shipped 6-layer profile is refused, so build calibrates."""
+    from halfv_export.backbones.registry import build_random, get_entry
+
+    entry = get_entry("tiny-llava")
+    config = entry.make_config()
+    config.text_config.num_hidden_layers = 4
+    build_random(entry, config=config).model.save_pretrained(tmp_path / "ckpt")
+    result = CliRunner().invoke(cli, ["build", "--model", "tiny-llava", "--model-path", str(tmp_path / "ckpt"),
+                                      "--out-root", str(tmp_path), "--bench-tokens", ""])
+    assert result.exit_code == 0, result.output
+    assert "4 layers; profile: calibrated" in result.stdout
+    assert "parity (ORT)  PASS" in result.stdout
+    assert (tmp_path / "calibration-out" / "tiny-llava.json").is_file()
+    assert (tmp_path / "calibration-out" / "tiny-llava.png").is_file()
