@@ -48,6 +48,7 @@ class VlmPipeline:
     def encode(self, image, prompt: str):
         """(input_ids [1, S], visual_embeds [1, N, D], image_grid_thw or None) for one request."""
         request = vision_request([image], self.preprocess)
+        self.check_visual_tokens(request.counts[0])
         began = time.perf_counter()
         features = self.vision.run(None, request.feed)[0]
         vision_ms = (time.perf_counter() - began) * 1e3
@@ -55,6 +56,14 @@ class VlmPipeline:
         ids = expand_prompt(self.preprocess, request.counts[0], before, after).input_ids
         features = features.reshape(1, request.counts[0], -1)
         return ids[None], features, request.image_grid_thw, vision_ms
+
+    def check_visual_tokens(self, count: int) -> None:
+        """The manifest's visual-token range is what engines are profiled for: refuse images outside it."""
+        limits = self.decoder.manifest.get("visual_tokens", {})
+        low, high = int(limits.get("min", 1)), int(limits.get("max", count))
+        if not low <= count <= high:
+            raise UserError(f"{count} visual tokens is outside the range these graphs were built for "
+                            f"({low}..{high}, manifest visual_tokens): use a smaller image or export with a wider range")
 
     def answer(self, image, prompt: str, max_new_tokens: int = 32) -> Answer:
         if not prompt:

@@ -70,3 +70,18 @@ def test_vlm_pipeline_imports_no_torch():
             "bad = [m for m in ('torch', 'transformers', 'halfv_export.method', 'halfv_export.backbones') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_visual_tokens_outside_the_manifest_range_are_refused(tmp_path):
+    from halfv_export.manifest import Manifest
+    from tests.runtime.exported import copy_graphs
+
+    folder = copy_graphs("tiny-qwen2.5-vl", tmp_path)
+    manifest = Manifest.load(folder)
+    manifest["visual_tokens"]["max"] = 20  # the 112x168 image below gives 24 visual tokens
+    manifest.save()
+    path = tmp_path / "image.png"
+    synthetic_image(2).resize((168, 112)).save(path)
+    result = CliRunner().invoke(cli, ["run", "--graphs", str(folder), "--image", str(path), "--prompt", PROMPT])
+    assert result.exit_code == 2
+    assert "24 visual tokens is outside the range" in result.stderr and result.stderr.count("\n") == 1
