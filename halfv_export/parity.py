@@ -310,7 +310,7 @@ def compare_prefill(manifest: Manifest, bb, plan, maker: RequestMaker, cases, dt
     atol, rtol = TOLERANCES[dtype]
     onnx_runner = OnnxrtRunner(SessionFromOnnx(str(manifest.path("prefill")), providers=["cpu"]), name=ONNX_RUNNER)
     feeds = [maker.prefill_feed(case) for case in cases]
-    with onnx_runner:
+    with G_LOGGER.verbosity(G_LOGGER.WARNING), onnx_runner:
         output_names = [o.name for o in onnx_runner.sess.get_outputs()]
         metadata = TensorMetadata()
         for name, array in feeds[0].items():
