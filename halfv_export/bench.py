@@ -35,6 +35,7 @@ from .errors import UserError
 from .fileio import atomic_path, write_json
 from .flops import FORMULAS, FREEZE_NOTE, DecoderDims, speedup_table
 from .profile import Profile, shipped_profile
+from .runtime.pipeline import make_session
 
 SCHEMA = "halfv-bench/1"
 VARIANTS = ("unpruned", "halfv-fps", "halfv-oneshot", "fastv", "oracle")
@@ -236,17 +237,6 @@ def summarize(seconds: list) -> dict:
     return {"median_ms": statistics.median(ms), "iqr_ms": float(q3 - q1), "runs_ms": ms}
 
 
-def _session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def op_profile(path: Path, feeds: dict, threads: int, prefix: Path) -> dict:
     """Where one prefill run spends its time: ORT's profiler, kernel time by op type and in /halfv/ nodes.
 
@@ -403,8 +393,8 @@ def run_bench(settings: BenchSettings, out_dir: str | os.PathLike) -> dict:
         folders, export_seconds = _export_all(bb, settings.model, profile, fastv_keep, workdir, settings.opset)
         result["export_seconds"] = export_seconds
         log("loading ONNX Runtime sessions ...")
-        sessions = {v: _session(folders[v] / "prefill.onnx", settings.threads) for v in VARIANTS}
-        decode = _session(folders["unpruned"] / "decode.onnx", settings.threads)
+        sessions = {v: make_session(folders[v] / "prefill.onnx", settings.threads) for v in VARIANTS}
+        decode = make_session(folders["unpruned"] / "decode.onnx", settings.threads)
         result["prefill"], result["decode"] = [], []
         for n in counts:
             feeds, next_position = prompt_feeds(bb, settings.text_tokens, n, settings.seed)

@@ -10,7 +10,6 @@ Samples are re-read in pass 2 instead of kept, so memory does not grow with the 
 
 from __future__ import annotations
 
-import importlib.metadata
 import statistics
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,6 +23,7 @@ from ..errors import UserError
 from ..fileio import atomic_path
 from ..method.entropy import DEFAULT_K, tme_curves
 from ..profile import PROFILES_DIR, Profile, shipped_profile
+from ..versions import library_versions
 from .data import CalibrationSample, image_processor, make_batch, tokenizer_for
 from .probe import DEFAULT_KL_THRESHOLD, choose_mode, layer_skip_kl, probe_layers
 from .stages import DECLINE_STEPS, WINDOW, choose_stages
@@ -52,13 +52,8 @@ def _ratios(bb: Backbone, model_name: str) -> tuple[dict, str]:
 
 
 def _versions() -> dict:
-    out = {"halfv_export": __version__, "torch": torch.__version__}
-    for package in ("transformers", "numpy", "pillow"):
-        try:
-            out[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            out[package] = None
-    return out
+    return {"halfv_export": __version__, "torch": torch.__version__,
+            **library_versions(("transformers", "numpy", "pillow"))}
 
 
 def calibrate(bb: Backbone, model_name: str, samples: Sequence[CalibrationSample], k: int = DEFAULT_K,

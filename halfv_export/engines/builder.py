@@ -13,7 +13,6 @@ machines without NVIDIA's package index. Versions:
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from ..errors import UserError
 from ..fileio import atomic_dir, atomic_path, write_json
 from ..graphs.lint import lint_manifest
 from ..manifest import MANIFEST_NAME, Manifest, sha256_file
+from ..versions import library_versions
 from . import profiles as prof
 
 BUILD_NAME = "build.json"
@@ -77,13 +77,6 @@ def gpu_name() -> str:
     if model.is_file():
         return model.read_text(errors="replace").strip("\x00\n ")
     return "unknown"
-
-
-def _version(lib: str):
-    try:
-        return importlib.metadata.version(lib)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def lint_or_refuse(manifest: Manifest, target: str) -> dict:
@@ -147,8 +140,7 @@ def build_engines(graphs_dir, out_dir=None, min_pixels: int | None = None, max_p
             "ranges": prof.ranges_dict(ranges), "engines": engines, "skipped": skipped, "lint": lint,
             "timing_cache": {"file": TIMING_CACHE_NAME, "loaded_from": str(cache_src) if cache_loaded else None},
             "total_build_seconds": round(sum(e["build_seconds"] for e in engines.values()), 1),
-            "versions": {"halfv-export": _version("halfv-export"), "polygraphy": _version("polygraphy"),
-                         "tensorrt": trt.__version__},
+            "versions": {**library_versions(("halfv-export", "polygraphy")), "tensorrt": trt.__version__},
         }
         write_json(tmp / BUILD_NAME, record)
         if cache_src is not None and cache.is_file():  # hand the grown cache back for the next build

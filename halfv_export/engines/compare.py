@@ -17,12 +17,12 @@ are in range, and the decode graph's past is the prefill graph's own present out
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 from ..manifest import Manifest
+from ..runtime.pipeline import make_session
 from . import profiles as prof
 
 TOLERANCES = {  # precision -> output kind -> (atol, rtol)
@@ -31,14 +31,6 @@ TOLERANCES = {  # precision -> output kind -> (atol, rtol)
 }
 INDEX_OUTPUTS = ("kept_ivr", "kept_ssr")
 FP16_INDEX_AGREEMENT = 0.9
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _np_dtype(spec: dict):
@@ -61,7 +53,7 @@ class FeedMaker:
 
     def session(self, role: str):
         if role not in self._sessions:
-            self._sessions[role] = _session(self.manifest.path(role))
+            self._sessions[role] = make_session(self.manifest.path(role))
         return self._sessions[role]
 
     def inputs(self, role: str) -> dict:

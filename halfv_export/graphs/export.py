@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import importlib.metadata
 import logging
 import shutil
 import time
@@ -33,6 +32,7 @@ from ..fileio import atomic_dir
 from ..manifest import SCHEMA_VERSION, Manifest, sha256_file
 from ..method.plan import PruningPlan
 from ..profile import Profile, keep_count
+from ..versions import library_versions
 from . import naming
 from .fps import translation_table
 from .lint import check_topk_bound
@@ -68,16 +68,6 @@ def default_visual_tokens(bb: Backbone, plan: PruningPlan | None) -> tuple[int, 
         while keep_count(high, plan.keep) > TOPK_LIMIT:
             high -= 1
     return 1, min(1024, high), high
-
-
-def _versions() -> dict:
-    out = {}
-    for lib in LIBRARIES:
-        try:
-            out[lib] = importlib.metadata.version(lib)
-        except importlib.metadata.PackageNotFoundError:
-            out[lib] = None
-    return out
 
 
 def _config(bb: Backbone) -> dict:
@@ -246,7 +236,7 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
             "plan": dataclasses.asdict(plan) if plan is not None else None,
             "opset": opset, "dtype": dtype, "config": _config(bb),
             "visual_tokens": dict(zip(("min", "opt", "max"), visual_tokens)),
-            "graphs": graphs, "versions": _versions(),
+            "graphs": graphs, "versions": library_versions(LIBRARIES),
         }
         Manifest(content, tmp).save()
     manifest = Manifest(content, out_dir)
