@@ -399,10 +399,14 @@ def zoo():
 @click.option("--seed", type=int, default=None)
 @click.option("--time-limit", type=float, default=None, help="stop and save after this many seconds")
 @click.option("--first-example", type=int, default=None, help="first train-split index used (default 0)")
+@click.option("--describe-share", type=click.FloatRange(0, 1), default=None,
+              help="share of examples that describe the whole scene instead of one question (default 0.5)")
+@click.option("--threads", type=int, default=None, callback=positive_int, help="torch CPU threads (default 1)")
 @click.option("--init", "init", type=click.Path(file_okay=False), default=None,
               help="continue from this weights folder instead of a random init (its train.json is kept)")
 @user_errors
-def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit, first_example, init):
+def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit, first_example, describe_share, threads,
+              init):
     """Train NAME from scratch on the shapes train split (CPU, deterministic, progress on stderr)."""
     import dataclasses
     from pathlib import Path
@@ -411,7 +415,7 @@ def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit, fir
     from .zoo.train import DEFAULTS, save, train
 
     given = dict(examples=examples, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, time_limit_s=time_limit,
-                 first_example=first_example)
+                 first_example=first_example, describe_share=describe_share, threads=threads)
     settings = dataclasses.replace(DEFAULTS[name], **{k: v for k, v in given.items() if v is not None})
     if settings.batch_size > settings.examples:
         raise UserError(f"--batch-size {settings.batch_size} is larger than --examples {settings.examples}")
@@ -464,15 +468,17 @@ def zoo_card(name, samples):
               help="folder for eval.json and eval.png (default: eval-out/<model>/)")
 @click.option("--graphs", "graphs_dir", type=click.Path(), default=None,
               help="evaluate this exported graphs folder through ONNX Runtime instead of the PyTorch methods")
+@click.option("--sweep-layers", is_flag=True,
+              help="instead: HalfV accuracy for every IVR/SSR layer pair at the profile's budgets (sweep.json/png)")
 @user_errors
-def eval_command(model, model_path, methods, keeps, samples, out_dir, graphs_dir):
+def eval_command(model, model_path, methods, keeps, samples, out_dir, graphs_dir, sweep_layers):
     """Shapes VQA test accuracy per pruning method and budget, relative to unpruned, vs FLOPs speedup."""
     from pathlib import Path
 
     from .backbones.registry import get_entry, load_backbone
     from .fileio import atomic_path, write_json
     from .profile import shipped_profile
-    from .zoo.eval import METHODS, evaluate, evaluate_graphs, plot
+    from .zoo.eval import METHODS, evaluate, evaluate_graphs, plot, plot_sweep, sweep_layers as sweep
 
     if model not in ZOO_NAMES:
         raise UserError(f"eval needs a zoo model ({', '.join(ZOO_NAMES)}): its questions have known answers")
@@ -488,11 +494,18 @@ def eval_command(model, model_path, methods, keeps, samples, out_dir, graphs_dir
         raise UserError(f"--keep values must be in (0, 1], got {keeps!r}")
     bb = load_backbone(model, model_path)
     progress = lambda line: click.echo(line, err=True)  # noqa: E731
+    out = Path(out_dir or Path("eval-out") / model)
+    if sweep_layers:
+        report = sweep(bb, model, shipped_profile(get_entry(model).profile), samples, progress)
+        write_json(out / "sweep.json", report)
+        with atomic_path(out / "sweep.png") as tmp:
+            plot_sweep(report, tmp)
+        click.echo(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'}")
+        return
     if graphs_dir is not None:
         report = evaluate_graphs(bb, model, graphs_dir, samples, progress)
     else:
         report = evaluate(bb, model, shipped_profile(get_entry(model).profile), names, budgets, samples, progress)
-    out = Path(out_dir or Path("eval-out") / model)
     write_json(out / "eval.json", report)
     with atomic_path(out / "eval.png") as tmp:
         plot(report, tmp)

@@ -59,9 +59,13 @@ class ByteTokenizer:
 class HFTokenizer:
     """A checkpoint's tokenizer.json (no transformers needed)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike | None = None, tokenizer=None):
+        """From a tokenizer.json path, or around a `tokenizers.Tokenizer` already built."""
         from tokenizers import Tokenizer
 
+        if tokenizer is not None:
+            self.tokenizer = tokenizer
+            return
         try:
             self.tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:

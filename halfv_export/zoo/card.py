@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ..backbones.registry import load_backbone
 from ..fileio import atomic_path, write_json
-from . import data
+from .data import DESCRIBE_PROMPT, SHAPE_SIZE
 from .eval import accuracy, by_kind, eval_questions, reference_answers
-from .models import image_side, weights_dir
+from .models import image_side, visual_tokens, weights_dir
 
 SUBSET = 50  # the fixed subset tests re-measure (first 50 test questions)
 
@@ -61,15 +61,16 @@ Not a general model: it only knows this task.
 {text['num_attention_heads']} heads / {text['num_key_value_heads']} kv heads, vocab {text['vocab_size']}, \
 eos id {text['eos_token_id']}, tied embeddings
 - vision: {vision_line}
-- images: {side}x{side} px -> 144 visual tokens; tokenizer: bytes (id = 10 + UTF-8 byte, halfv_export/runtime/text.py)
+- images: {side}x{side} px -> {visual_tokens(name)} visual tokens; tokenizer: one id per word (WordLevel, \
+zoo/tokenizer.py), shipped as tokenizer.json
 - prompt layout: the family chat template of runtime/text.py PROMPT_TEMPLATES (as VlmPipeline builds it)
 
 ## Data recipe
 Scenes of 1-4 shapes (circle, square, triangle, cross) in distinct cells of a 2x2 grid, distinct colours
-(red, green, blue, yellow, purple, orange), random size 50-85% of the cell, light plain / checker / stripes
+(red, green, blue, yellow, purple, orange), random size {SHAPE_SIZE[0]:.0%}-{SHAPE_SIZE[1]:.0%} of the cell, light plain / checker / stripes
 background. One question per scene, kind uniform over: colour ("What colour is the circle?"), shape
 ("Which shape is red?"), count ("How many shapes?"), horizontal ("Is the red circle left or right?"),
-vertical ("... top or bottom?"). One-word answers followed by eos. Sample i of a split comes from
+vertical ("... top or bottom?"). One-word answers (one token) followed by eos. Sample i of a split comes from
 random.Random(split_seed * 1000003 + i); split seeds train 1, val 2, test 3.
 
 ## Training
@@ -81,7 +82,7 @@ Curves in train.json ("previous" holds the first stage when training continued f
 - test split, first {acc['samples']} questions: **{acc['accuracy']:.3f}**
 - first {acc['subset']} test questions (re-measured by tests/zoo): {acc['subset_accuracy']:.3f}
 - by question kind: {kinds}
-Pruning results: `halfv-export eval --model {name}` (see the project report).
+Pruning results: `halfv-export eval --model {name}` (figures in the project README).
 """
 
 
@@ -96,10 +97,11 @@ def stage_text(name: str, record: dict, index: int, count: int) -> str:
 
     halfv-export zoo train {name}{options}
 
-{s['examples']} training questions (train indices {first}..{first + s['examples'] - 1}), {s['epochs']} epoch(s), \
-batch {s['batch_size']}, AdamW lr {s['lr']} (warmup {s['warmup_steps']} steps, cosine to 10%), weight decay \
-{s['weight_decay']}, grad clip 1.0, seed {s['seed']}, loss on the answer tokens + eos only, torch {record['torch']} \
-CPU, {record['threads']} threads. Ran {record['steps']} of {record['planned_steps']} steps in \
-{record['train_seconds']:.0f} s wall on 2 cores shared with other jobs\
+{s['examples']} training examples (train indices {first}..{first + s['examples'] - 1}; a share \
+{s.get('describe_share', 0.0)} of them ask "{DESCRIBE_PROMPT}" and are answered with every shape as "colour kind row \
+col", the rest with the one-word answer), {s['epochs']} epoch(s), batch {s['batch_size']}, AdamW lr {s['lr']} \
+(warmup {s['warmup_steps']} steps, cosine to 10%), weight decay {s['weight_decay']}, grad clip 1.0, seed {s['seed']}, \
+loss on the answer tokens + eos only, torch {record['torch']} CPU, {record['threads']} thread(s). Ran \
+{record['steps']} of {record['planned_steps']} steps in {record['train_seconds']:.0f} s wall\
 {' (stopped by the time limit)' if record['stopped_early'] else ''}; last logged loss {last:.4f}.
 """

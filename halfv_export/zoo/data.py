@@ -29,6 +29,7 @@ TEXTURES = ("plain", "checker", "stripes")
 SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
 QUESTION_KINDS = ("colour", "shape", "count", "horizontal", "vertical")
 GRID = 2  # cells per side
+SHAPE_SIZE = (0.5, 0.85)  # shape side as a share of its cell
 
 
 @dataclass(frozen=True)
@@ -106,34 +107,48 @@ def make_scene(rng: random.Random) -> Scene:
     cell = 1 / GRID
     things = []
     for (row, col), colour, kind in zip(cells, colours, kinds):
-        size = cell * rng.uniform(0.5, 0.85)  # square boxes: shapes keep their proportions
+        size = cell * rng.uniform(*SHAPE_SIZE)  # square boxes: shapes keep their proportions
         x0 = col * cell + rng.uniform(0.04 * cell, cell - size - 0.04 * cell)
         y0 = row * cell + rng.uniform(0.04 * cell, cell - size - 0.04 * cell)
         things.append(Thing(kind, colour, row, col, (x0, y0, x0 + size, y0 + size)))
     return Scene(tuple(things), rng.choice(BACKGROUNDS), rng.choice(TEXTURES), rng.choice([8, 12, 16, 24]))
 
 
+QUESTION_TEMPLATES = {
+    "colour": "What colour is the {kind}?",
+    "shape": "Which shape is {colour}?",
+    "count": "How many shapes?",
+    "horizontal": "Is the {colour} {kind} left or right?",
+    "vertical": "Is the {colour} {kind} top or bottom?",
+}
+
+
 def make_question(scene: Scene, kind: str, rng: random.Random) -> Question:
     """A question of the given kind about one randomly chosen shape; the answer is read off the scene."""
     thing = rng.choice(scene.things)
-    if kind == "colour":
-        return Question(kind, f"What colour is the {thing.kind}?", thing.colour)
-    if kind == "shape":
-        return Question(kind, f"Which shape is {thing.colour}?", thing.kind)
-    if kind == "count":
-        return Question(kind, "How many shapes?", COUNT_WORDS[len(scene.things)])
-    name = f"{thing.colour} {thing.kind}"
-    if kind == "horizontal":
-        return Question(kind, f"Is the {name} left or right?", ("left", "right")[thing.col])
-    if kind == "vertical":
-        return Question(kind, f"Is the {name} top or bottom?", ("top", "bottom")[thing.row])
-    raise ValueError(f"unknown question kind {kind!r}")
+    prompt = QUESTION_TEMPLATES[kind].format(kind=thing.kind, colour=thing.colour)
+    answers = {"colour": thing.colour, "shape": thing.kind, "count": COUNT_WORDS[len(scene.things)],
+               "horizontal": ("left", "right")[thing.col], "vertical": ("top", "bottom")[thing.row]}
+    return Question(kind, prompt, answers[kind])
 
 
 def sample(split: str, index: int) -> Sample:
     rng = random.Random(SPLIT_SEEDS[split] * 1_000_003 + index)
     scene = make_scene(rng)
     return Sample(split, index, scene, make_question(scene, rng.choice(QUESTION_KINDS), rng))
+
+
+DESCRIBE_PROMPT = "Describe the shapes."
+
+
+def describe(s: Sample) -> Sample:
+    """The same scene with a training-only question: every shape as "colour kind row col", cells in reading order.
+
+    One description supervises the colour, kind and place of every shape at once (a dense caption, as in
+    the captioning stage of LLaVA training), where a test question supervises one word."""
+    things = sorted(s.scene.things, key=lambda t: (t.row, t.col))
+    words = [f"{t.colour} {t.kind} {('top', 'bottom')[t.row]} {('left', 'right')[t.col]}" for t in things]
+    return Sample(s.split, s.index, s.scene, Question("describe", DESCRIBE_PROMPT, " ".join(words)))
 
 
 def samples(split: str, count: int, start: int = 0) -> list[Sample]:

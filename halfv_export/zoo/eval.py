@@ -35,8 +35,7 @@ from ..flops import DecoderDims, fastv_schedule, halfv_schedule, prefill_flops, 
 from ..method.decoder import generate
 from ..method.plan import PruningPlan
 from ..profile import Profile
-from ..runtime.text import ByteTokenizer
-from . import data
+from . import data, tokenizer as zoo_tokenizer
 from .models import image_side
 from .train import encode, processor_for
 
@@ -82,7 +81,7 @@ def answer_text(tokens, eos: int) -> str:
     ids = [int(t) for t in tokens]
     if eos in ids:
         ids = ids[:ids.index(eos)]
-    return ByteTokenizer().decode(ids).strip()
+    return zoo_tokenizer.load().decode(ids).strip()
 
 
 def reference_answers(bb: Backbone, name: str, samples: list[data.Sample], plan: PruningPlan | None) -> list[str]:
@@ -90,10 +89,11 @@ def reference_answers(bb: Backbone, name: str, samples: list[data.Sample], plan:
     side = image_side(name)
     processor = processor_for(bb, side)
     eos = bb.text_config.eos_token_id
+    tokenizer = zoo_tokenizer.load()
     out = []
     with torch.no_grad():
         for s in samples:
-            batch, _ = encode(bb, s, side, processor, with_answer=False)
+            batch, _ = encode(bb, s, side, processor, tokenizer, with_answer=False)
             tokens, _ = generate(bb, bb.prepare(batch), plan, MAX_NEW_TOKENS, eos)
             out.append(answer_text(tokens[0], eos))
     return out
@@ -116,9 +116,10 @@ def token_counts(bb: Backbone, name: str, samples: list[data.Sample]) -> list[tu
     """(text tokens, visual tokens) of each sample's prompt."""
     side = image_side(name)
     processor = processor_for(bb, side)
+    tokenizer = zoo_tokenizer.load()
     counts = []
     for s in samples:
-        batch, _ = encode(bb, s, side, processor, with_answer=False)
+        batch, _ = encode(bb, s, side, processor, tokenizer, with_answer=False)
         n_visual = int((batch.input_ids == bb.image_token_id).sum())
         counts.append((batch.input_ids.shape[1] - n_visual, n_visual))
     return counts
@@ -154,6 +155,65 @@ def evaluate(bb: Backbone, name: str, profile: Profile, methods, keeps, count: i
             "visual_tokens": sorted({n for _, n in counts}), "text_tokens_mean": sum(t for t, _ in counts) / count,
             "fastv_layer": FASTV_LAYER, "random_layer": profile.ivr_layer, "max_new_tokens": MAX_NEW_TOKENS,
             "results": results}
+
+
+def sweep_layers(bb: Backbone, name: str, profile: Profile, count: int,
+                 progress: Callable[[str], None] = lambda line: None) -> dict:
+    """HalfV accuracy for every (IVR layer, SSR layer) pair at the profile's budgets: the sensitivity to the
+    stage layers that calibration picks (the profile's own pair is marked `calibrated`)."""
+    torch.set_num_threads(2)
+    profile.check_backbone(bb.family, bb.num_layers, name)
+    samples = eval_questions(count)
+    dims = DecoderDims.from_config(bb.text_config)
+    counts = token_counts(bb, name, samples)
+    base_flops = sum(prefill_flops(dims, unpruned_schedule(profile.num_layers, t, n)) for t, n in counts)
+    base_acc = accuracy(samples, reference_answers(bb, name, samples, None))
+    progress(f"unpruned accuracy {base_acc:.3f}")
+    results = []
+    for ivr in range(1, profile.num_layers - 1):
+        for ssr in range(ivr + 1, profile.num_layers):
+            variant = dataclasses.replace(profile, ivr_layer=ivr, ssr_layer=ssr, calibration={})
+            acc = accuracy(samples, reference_answers(bb, name, samples, PruningPlan.halfv(variant)))
+            speedup = base_flops / sum(prefill_flops(dims, halfv_schedule(variant, t, n)) for t, n in counts)
+            results.append({"ivr_layer": ivr, "ssr_layer": ssr, "accuracy": round(acc, 4),
+                            "relative_accuracy": round(acc / base_acc, 4) if base_acc else None,
+                            "flops_speedup": round(speedup, 3),
+                            "calibrated": (ivr, ssr) == (profile.ivr_layer, profile.ssr_layer)})
+            progress(f"IVR {ivr} SSR {ssr}: accuracy {acc:.3f} speedup {speedup:.2f}x")
+    return {"model": name, "split": "test", "samples": count, "profile": profile.to_dict(),
+            "unpruned_accuracy": round(base_acc, 4), "results": results}
+
+
+def plot_sweep(report: dict, path: str | os.PathLike) -> None:
+    """Relative accuracy per (IVR, SSR) layer pair as a grid; the calibrated pair is outlined."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    layers = report["profile"]["num_layers"]
+    grid = np.full((layers, layers), np.nan)
+    for row in report["results"]:
+        grid[row["ivr_layer"], row["ssr_layer"]] = row["relative_accuracy"] or 0.0
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    image = ax.imshow(grid, vmin=min(0.5, np.nanmin(grid)), vmax=1.0, cmap="viridis", origin="lower")
+    for row in report["results"]:
+        i, s = row["ivr_layer"], row["ssr_layer"]
+        ax.text(s, i, f"{row['relative_accuracy']:.2f}\n{row['flops_speedup']:.1f}x", ha="center", va="center",
+                fontsize=7, color="white" if row["relative_accuracy"] < 0.85 else "black")
+        if row["calibrated"]:
+            ax.add_patch(plt.Rectangle((s - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
+    ax.set_xlabel("SSR layer")
+    ax.set_ylabel("IVR layer")
+    ax.set_xticks(range(2, layers))
+    ax.set_yticks(range(1, layers - 1))
+    ax.set_xlim(1.5, layers - 0.5)
+    ax.set_ylim(0.5, layers - 1.5)
+    ax.set_title(f"{report['model']}: accuracy vs unpruned, FLOPs speedup\n(red: calibrated layers)", fontsize=9)
+    fig.colorbar(image, ax=ax, label="relative accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
 
 
 def evaluate_graphs(bb: Backbone, name: str, graphs_dir: str | os.PathLike, count: int,

@@ -1,7 +1,7 @@
 """Configs of the zoo models: tiny versions of the real architectures, sized to train on 2 CPU cores.
 
-Text side of both: 6 layers, hidden 128, MLP 256, 4 heads / 2 kv heads, vocab 1024 (byte tokenizer ids
-10..265, special ids 0-2 and 1000-1003 as in the built-in tiny models). Images are 336x336 px for Qwen
+Text side of both: 6 layers, hidden 128, MLP 256, 4 heads / 2 kv heads, vocab 1024 (the zoo word
+tokenizer uses ids 0..37, zoo/tokenizer.py; image ids 1000-1003 as in the built-in tiny models). Images are 336x336 px for Qwen
 (24x24 patches of 14 px, 2x2 merge -> 144 visual tokens) and 168x168 px for LLaVA (12x12 patches of
 14 px -> 144 visual tokens), so both decoders see the same number of visual tokens.
 """
@@ -47,6 +47,12 @@ ZOO = {"shapes-qwen2.5-vl": (shapes_qwen_config, QWEN_SIDE), "shapes-llava": (sh
 
 def image_side(name: str) -> int:
     return ZOO[name][1]
+
+
+def visual_tokens(name: str) -> int:
+    """Visual tokens of one image: 14 px patches, merged 2x2 for Qwen."""
+    per_side = image_side(name) // 14 // (2 if name == "shapes-qwen2.5-vl" else 1)
+    return per_side * per_side
 
 
 def weights_dir(name: str) -> Path:

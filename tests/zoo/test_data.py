@@ -74,3 +74,22 @@ def test_answers_are_right_by_construction(split):
         centre = xs.mean() if q.kind == "horizontal" else ys.mean()
         expected = ("left", "right") if q.kind == "horizontal" else ("top", "bottom")
         assert q.answer == expected[int(centre >= image.shape[0] / 2)], s
+
+
+def test_descriptions_are_right_by_construction():
+    """The training-only description names every shape present, in reading order, as the pixels show it."""
+    for s in data.samples("train", 40):
+        described = data.describe(s)
+        assert described.scene == s.scene and described.question.prompt == data.DESCRIBE_PROMPT
+        words = described.question.answer.split()
+        assert len(words) == 4 * len(s.scene.things)
+        image = np.asarray(s.image(336))
+        cells = []
+        for colour, kind, row, col in zip(words[0::4], words[1::4], words[2::4], words[3::4]):
+            mask = colour_mask(image, colour)
+            lo, hi = FILL[kind]
+            assert mask.sum() > 200 and lo <= shape_fill(mask) <= hi, (s, colour, kind)
+            ys, xs = np.nonzero(mask)
+            assert row == ("top", "bottom")[int(ys.mean() >= 168)] and col == ("left", "right")[int(xs.mean() >= 168)]
+            cells.append((row == "bottom", col == "right"))
+        assert cells == sorted(cells)

@@ -36,6 +36,22 @@ def test_eval_writes_json_and_png(report):
     assert (report / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_layer_sweep_covers_every_pair_and_marks_the_calibrated_one(tmp_path):
+    result = CliRunner().invoke(cli, ["eval", "--model", NAME, "--sweep-layers", "--samples", "4",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    layers = data["profile"]["num_layers"]
+    pairs = [(r["ivr_layer"], r["ssr_layer"]) for r in data["results"]]
+    assert pairs == [(i, s) for i in range(1, layers - 1) for s in range(i + 1, layers)]
+    prof = shipped_profile(NAME)
+    assert [p for p, r in zip(pairs, data["results"]) if r["calibrated"]] == [(prof.ivr_layer, prof.ssr_layer)]
+    # pruning earlier keeps fewer tokens for longer: the speedup falls as the IVR layer moves down
+    first_ssr = {r["ivr_layer"]: r["flops_speedup"] for r in data["results"] if r["ssr_layer"] == layers - 1}
+    assert list(first_ssr.values()) == sorted(first_ssr.values(), reverse=True)
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_budget_profile_keeps_the_ssr_ratio():
     prof = shipped_profile("shapes-qwen2.5-vl")
     variant = budget_profile(prof, prof.ivr_keep / 2)

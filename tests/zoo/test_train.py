@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from halfv_export.backbones import load_backbone
-from halfv_export.runtime.text import ByteTokenizer
-from halfv_export.zoo import data
+from halfv_export.zoo import data, tokenizer
 from halfv_export.zoo.models import image_side
-from halfv_export.zoo.train import IGNORE, TrainSettings, build_model, encode, processor_for, save, train
+from halfv_export.zoo.train import (IGNORE, TrainSettings, build_model, encode, processor_for, save, train,
+                                     training_sample)
 
 NAME = "shapes-llava"  # the cheaper of the two; both share encode/collate/train
 TINY = TrainSettings(examples=4, batch_size=2, epochs=1, warmup_steps=1)
@@ -20,8 +20,10 @@ TINY = TrainSettings(examples=4, batch_size=2, epochs=1, warmup_steps=1)
 def test_labels_are_the_answer_and_eos():
     bb = build_model(NAME)
     sample = data.sample("train", 7)
-    batch, labels = encode(bb, sample, image_side(NAME), processor_for(bb, image_side(NAME)))
-    answer = ByteTokenizer().encode(sample.question.answer) + [bb.text_config.eos_token_id]
+    words = tokenizer.load()
+    batch, labels = encode(bb, sample, image_side(NAME), processor_for(bb, image_side(NAME)), words)
+    answer = words.encode(sample.question.answer) + [bb.text_config.eos_token_id]
+    assert len(answer) == 2  # one word, then eos
     assert labels[-len(answer):].tolist() == answer
     assert (labels[:-len(answer)] == IGNORE).all()
     assert batch.input_ids[0, -len(answer):].tolist() == answer
@@ -44,9 +46,21 @@ def test_training_is_deterministic(two_runs):
 def test_saved_folder_loads_with_its_processor(two_runs, tmp_path):
     bb, record = two_runs[0]
     folder = save(bb, NAME, tmp_path / "w", record)
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "train.json"} <= {
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
+                                                    "train.json"} <= {
         p.name for p in folder.iterdir()}
     assert json.loads((folder / "train.json").read_text())["steps"] == 2
     loaded = load_backbone(NAME, folder)
     for (name, pa), pb in zip(bb.model.state_dict().items(), loaded.model.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+def test_a_fixed_share_of_training_examples_describe_the_scene():
+    half = TrainSettings(describe_share=0.5)
+    picked = [training_sample(i, half).question.kind == "describe" for i in range(400)]
+    assert picked == [training_sample(i, half).question.kind == "describe" for i in range(400)]
+    assert 0.4 < sum(picked) / 400 < 0.6
+    assert not any(training_sample(i, TrainSettings(describe_share=0.0)).question.kind == "describe"
+                   for i in range(100))
+    plain = data.sample("train", 3)
+    assert training_sample(3, TrainSettings(describe_share=0.0)) == plain

@@ -1,4 +1,9 @@
-"""The committed zoo weights load through the registry and reach their recorded test accuracy."""
+"""The committed zoo weights load through the registry, reach their recorded accuracy, and use the image.
+
+The issue's target is >= 90% unpruned; the committed models do not reach it yet (see the README), so what is
+asserted is the recorded accuracy and a clear margin over the best answer a model blind to the image can give
+(the most common answer of each question kind).
+"""
 
 from __future__ import annotations
 
@@ -24,3 +29,14 @@ def test_committed_weights_reach_the_recorded_accuracy(name):
     samples = eval_questions(SUBSET)
     measured = accuracy(samples, reference_answers(bb, name, samples, None))
     assert abs(measured - recorded["subset_accuracy"]) <= 0.01
+    assert measured >= blind_accuracy(samples) + 0.15
+
+
+def blind_accuracy(samples) -> float:
+    """Accuracy of answering each question kind with its most common answer: all the text alone tells."""
+    from collections import Counter
+
+    by_kind = {}
+    for s in samples:
+        by_kind.setdefault(s.question.kind, Counter())[s.question.answer] += 1
+    return sum(c.most_common(1)[0][1] for c in by_kind.values()) / len(samples)
