@@ -4,7 +4,8 @@ The eager op (method/selection.py) and this function are the two sides of one bo
 maps the op to this onnxscript function through `custom_translation_table`, then the function is
 inlined into the graph (graphs/export.py).
 
-    features [B,N,D] --MatMul(features^T)--(1 - sim)--> pair [B,N,N] (all cosine distances, once)
+    features [B,N,D] --MatMul(features^T)--(1 - sim)--Floor on the grid--> pair [B,N,N] (all distances, once;
+                     rounded down to COVERAGE_GRID as the eager op does, so near-ties are exact ties)
     pair --Gather(anchor rows)--ReduceMin-------------> dist [B,N]
     anchors  [B,A]   --Equal(range N)--ReduceMax------> selected [B,N]
                        (anchors' own dist set to NEG)
@@ -28,6 +29,8 @@ import onnxscript
 from onnxscript import opset18 as op
 from onnxscript.onnx_types import FLOAT, INT64
 
+from ..method.selection import COVERAGE_GRID
+
 # Stands for the eager op's -inf on already selected tokens. Cosine distances lie in [0, 2], so any
 # value below 0 gives the same ArgMax; a finite one keeps fp16 builders (TensorRT) free of inf.
 NEG = -4.0
@@ -42,9 +45,11 @@ def fps_coverage_onnx(features: FLOAT, anchors: INT64, k: INT64) -> INT64:
     index_row = op.Unsqueeze(index, op.Constant(value_ints=[0]))  # [1, N]
     neg = op.Constant(value_float=NEG)
     one = op.Constant(value_float=1.0)
+    grid = op.Constant(value_float=COVERAGE_GRID)
 
-    # all pairwise distances once; every token's distance to its nearest anchor; anchors selected first
+    # all pairwise distances once (on the grid); every token's distance to its nearest anchor; anchors first
     pair = op.Sub(one, op.MatMul(features, op.Transpose(features, perm=[0, 2, 1])))  # [B, N, N]
+    pair = op.Mul(op.Floor(op.Div(pair, grid)), grid)
     anchor_rows = op.Expand(op.Unsqueeze(anchors, op.Constant(value_ints=[2])),
                             op.Concat(batch_1d, a_1d, n_1d, axis=0))
     dist0 = op.ReduceMin(op.GatherElements(pair, anchor_rows, axis=1), op.Constant(value_ints=[1]),

@@ -62,18 +62,33 @@ def _distance_to_anchors(features, anchors):
     return (1.0 - sim).min(dim=1).values
 
 
+# Coverage distances are rounded down to multiples of this before the farthest-point ArgMax. On a redundant
+# image the last picks are between near-duplicate background tokens whose distances differ by ~1e-7, less
+# than torch and ONNX Runtime matmuls differ by: the two kept different tokens (trained LLaVA, test question
+# 59). Rounded, such candidates tie exactly and the lowest index wins on both sides. 2^-12 is exact in
+# float32 and far below any distance that tells two visual tokens apart (cosine similarity 0.99976).
+COVERAGE_GRID = 2.0 ** -12
+
+
+def coverage_distances(features: torch.Tensor) -> torch.Tensor:
+    """[B, N, N] cosine distances 1 - f_u . f_v of l2-normalised features, rounded down to COVERAGE_GRID."""
+    pair = 1.0 - torch.matmul(features, features.transpose(1, 2))
+    return torch.floor(pair / COVERAGE_GRID) * COVERAGE_GRID
+
+
 @torch.library.custom_op("halfv::fps_coverage", mutates_args=())
 def fps_coverage(features: torch.Tensor, anchors: torch.Tensor, k: int) -> torch.Tensor:
     """Exact HalfV coverage: greedy farthest-point sampling from the anchors until k tokens are kept.
 
-    Repeatedly adds the token maximising min over selected v of (1 - f_u . f_v); ties go to the lowest
-    index (as ONNX ArgMax does). Returns the kept set [B, k], sorted ascending.
+    Repeatedly adds the token maximising min over selected v of (1 - f_u . f_v), distances on the
+    COVERAGE_GRID; ties go to the lowest index (as ONNX ArgMax does). Returns the kept set [B, k], sorted
+    ascending.
     A custom op so that the eager reference and the ONNX graph share one boundary: the exporter
     translates it to an ONNX Loop (halfv_export.graphs).
     """
     batch, n, _ = features.shape
     rows = torch.arange(batch)
-    pair = 1.0 - torch.matmul(features, features.transpose(1, 2))  # all distances once, as the graph does
+    pair = coverage_distances(features)  # all distances once, as the graph does
     selected = torch.zeros(batch, n, dtype=torch.bool)
     selected[rows[:, None], anchors] = True
     dist = pair[rows[:, None], anchors].min(dim=1).values.masked_fill(selected, float("-inf"))

@@ -71,6 +71,22 @@ def test_ties_go_to_the_lowest_index_like_torch_argmax(session):
     assert got[0].tolist() == [0, 1, 2, 3, 4, 7]
 
 
+def test_near_duplicates_pick_the_same_token_as_torch(session):
+    """Background-like tokens: one direction plus 1e-4 noise. Distances differ by far less than torch and
+    ONNX Runtime matmuls may; on the coverage grid they tie and both sides keep the lowest index."""
+    _, sess = session
+    gen = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.normalize(torch.randn(DIM, generator=gen), dim=0)
+    shape = torch.nn.functional.normalize(torch.randn(4, DIM, generator=gen), dim=-1)
+    noise = 1e-4 * torch.randn(2, 40, DIM, generator=gen)
+    features = torch.nn.functional.normalize(torch.cat([shape[None].repeat(2, 1, 1), base + noise], dim=1), dim=-1)
+    anchors = torch.tensor([[0, 1], [2, 3]])
+    got = run(sess, features, anchors, 12)
+    np.testing.assert_array_equal(got, fps_coverage(features, anchors, 12).numpy())
+    # after the four shape tokens every background token is the same distance away: lowest indices win
+    assert got[0].tolist()[:5] == [0, 1, 2, 3, 4]
+
+
 def test_loop_carries_state_only_and_no_nonzero(session):
     model, _ = session
     ops = [node.op_type for node in model.graph.node]

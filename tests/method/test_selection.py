@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from halfv_export.method.selection import fps_coverage, oneshot_coverage, sorted_topk
+from halfv_export.method.selection import COVERAGE_GRID, fps_coverage, oneshot_coverage, sorted_topk
 
 
 def circle_features(angles_deg):
@@ -23,8 +23,8 @@ def brute_force_fps(features, anchors, k):
         for u in range(f.shape[0]):
             if u in selected:
                 continue
-            d = min(1 - float(f[u] @ f[v]) for v in selected)
-            if d > best_d + 1e-7:  # strict: ties go to the lowest index
+            d = min(math.floor((1 - float(f[u] @ f[v])) / COVERAGE_GRID) * COVERAGE_GRID for v in selected)
+            if d > best_d:  # strict: ties go to the lowest index
                 best, best_d = u, d
         selected.append(best)
     return sorted(selected)
@@ -37,6 +37,14 @@ def test_fps_picks_farthest_points_greedily():
     # then 270 (idx 7): its nearest selected point is 90 deg away, 100 is only 10 deg from 90 -> [0, 3, 5, 7]
     assert kept.tolist() == [[0, 3, 5, 7]]
     assert kept.tolist() == [brute_force_fps(feats, [0], 4)]
+
+
+def test_fps_treats_near_duplicates_as_ties():
+    """Distances closer than the grid are equal: the lowest index wins, not the one 1e-6 farther."""
+    feats = circle_features([0, 70.0, 70.004, 70.008, 35])  # 1 - cos: 0.65798, +6.6e-5, +1.3e-4
+    assert fps_coverage(feats, torch.tensor([[0]]), 2).tolist() == [[0, 1]]
+    # 35 degrees apart is far beyond the grid: after 0 and 70, the point at 35 is the farthest left
+    assert fps_coverage(feats, torch.tensor([[0]]), 3).tolist() == [[0, 1, 4]]
 
 
 def test_fps_matches_brute_force_on_random_sets():
