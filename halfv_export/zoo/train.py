@@ -34,7 +34,7 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class TrainSettings:
-    examples: int = 48000  # distinct training questions (train split indices first..first+examples-1)
+    examples: int = 48000  # training examples (train split indices first..first+examples-1)
     first_example: int = 0
     epochs: int = 1
     batch_size: int = 8
