@@ -34,6 +34,7 @@ import numpy as np
 from .errors import UserError
 from .fileio import atomic_path, write_json
 from .flops import FORMULAS, FREEZE_NOTE, DecoderDims, speedup_table
+from .manifest import CACHE_PARTS, past_name, present_name
 from .profile import Profile, shipped_profile
 from .runtime.pipeline import make_session
 
@@ -200,8 +201,8 @@ def decode_feeds(bb, prefill_outputs: dict, next_position: np.ndarray, seed: int
     feeds = {"token_embeds": (rng.standard_normal((1, 1, bb.hidden_size)) * 0.02).astype(np.float32),
              "position_ids": decode_positions(next_position, 0, bb.position_rows)}
     for i in range(bb.num_layers):
-        for kind in ("key", "value"):
-            feeds[f"past.{i}.{kind}"] = prefill_outputs[f"present.{i}.{kind}"]
+        for part in CACHE_PARTS:
+            feeds[past_name(i, part)] = prefill_outputs[present_name(i, part)]
     return feeds
 
 
@@ -350,12 +351,12 @@ def measure_prefill(sessions: dict, feeds: dict, repeats: int, profile: Profile,
 def measure_decode(decode, bb, outputs: dict, next_position, settings: BenchSettings, n: int) -> dict:
     """One decode step over the unpruned, HalfV and FastV caches of the same prompt, interleaved."""
     feeds = {c: decode_feeds(bb, outputs[c], next_position, settings.seed) for c in DECODE_CACHES}
-    context = int(outputs["unpruned"]["present.0.key"].shape[2])
+    context = int(outputs["unpruned"][present_name(0, "key")].shape[2])
     times = time_interleaved({c: (lambda f=feeds[c]: decode.run(None, f)) for c in DECODE_CACHES},
                              settings.repeats * DECODE_REPEAT_FACTOR)
     stats = {}
     for c in DECODE_CACHES:
-        present = [outputs[c][f"present.{i}.{k}"] for i in range(bb.num_layers) for k in ("key", "value")]
+        present = [outputs[c][present_name(i, part)] for i in range(bb.num_layers) for part in CACHE_PARTS]
         stats[c] = {**summarize(times[c]), "kv_cache_bytes": int(sum(p.nbytes for p in present)),
                     "kv_lengths": [int(p.shape[2]) for p in present[::2]]}
     for c in DECODE_CACHES:

@@ -28,6 +28,20 @@ from .fileio import read_json_object, write_json
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
+# The per-layer KV cache tensors of the graphs: prefill and decode output present.{i}.key/value, decode takes
+# the previous step's as past.{i}.key/value. Every module that feeds or reads them spells them here.
+CACHE_PARTS = ("key", "value")
+PRESENT_PREFIX = "present."
+PAST_PREFIX = "past."
+
+
+def present_name(layer: int, part: str) -> str:
+    return f"{PRESENT_PREFIX}{layer}.{part}"
+
+
+def past_name(layer: int, part: str) -> str:
+    return f"{PAST_PREFIX}{layer}.{part}"
+
 
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()

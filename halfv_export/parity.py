@@ -27,7 +27,7 @@ import torch
 
 from .errors import UserError
 from .fileio import atomic_path, write_json
-from .manifest import Manifest
+from .manifest import PRESENT_PREFIX, Manifest, present_name
 from .profile import Profile
 
 # (atol, rtol) for logits and KVs. fp16 graphs are compared with the fp32 reference: half precision
@@ -239,7 +239,7 @@ def torch_prefill_runner(bb, plan, output_names, input_metadata, name=TORCH_RUNN
                                          prefix.shape[1], visual.shape[1], plan)
             values = {"logits": result.logits, "kept_ivr": result.kept_ivr, "kept_ssr": result.kept_ssr}
             for i, (k, v) in enumerate(result.cache):
-                values[f"present.{i}.key"], values[f"present.{i}.value"] = k, v
+                values[present_name(i, "key")], values[present_name(i, "value")] = k, v
             out = OrderedDict((n, values[n].numpy()) for n in output_names if values.get(n) is not None)
             self.inference_time = time.perf_counter() - began
             return out
@@ -282,7 +282,7 @@ def check_same_model(manifest: Manifest, bb, sessions) -> None:
     prefill = sessions["prefill"]
     inputs = {i.name: i.shape for i in prefill.get_inputs()}
     vocab = {o.name: o.shape for o in prefill.get_outputs()}["logits"][-1]
-    presents = sum(o.name.startswith("present.") for o in prefill.get_outputs())
+    presents = sum(o.name.startswith(PRESENT_PREFIX) for o in prefill.get_outputs())
     for what, got, want in (("hidden size", inputs["visual_embeds"][-1], bb.hidden_size),
                             ("position_ids rank", len(inputs["position_ids"]), 3 if bb.position_rows == 3 else 2),
                             ("vocab", vocab, bb.text_config.vocab_size),

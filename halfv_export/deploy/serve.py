@@ -22,7 +22,6 @@ stopped by that group id: SIGTERM, then SIGKILL after a grace period.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from ..manifest import Manifest
+from ..manifest import PAST_PREFIX, PRESENT_PREFIX, Manifest
 from ..runtime.pipeline import make_session
 from . import profiles as prof
 
@@ -82,8 +82,8 @@ class FeedMaker:
         feed = {"token_embeds": self.embeds(batch, 1),
                 "position_ids": _positions(self.config["position_rows"], batch, seq, 1)}
         for name in specs:
-            if name.startswith("past."):
-                feed[name] = outputs["present." + name[len("past."):]]
+            if name.startswith(PAST_PREFIX):
+                feed[name] = outputs[PRESENT_PREFIX + name[len(PAST_PREFIX):]]
         return {name: value.astype(_np_dtype(specs[name])) for name, value in feed.items()}
 
 
@@ -105,7 +105,7 @@ def parity_feeds(manifest: Manifest, role: str, ranges: prof.Ranges, seed: int =
 def _kind(name: str) -> str:
     if name == "logits":
         return "logits"
-    return "present" if name.startswith("present.") else "other"
+    return "present" if name.startswith(PRESENT_PREFIX) else "other"
 
 
 def compare_outputs(ref: dict, test: dict, precision: str) -> dict:

@@ -77,8 +77,6 @@ def fps_coverage_onnx(features: FLOAT, anchors: INT64, k: INT64) -> INT64:
 
 def translation_table() -> dict:
     """custom_translation_table entry for torch.onnx.export."""
-    import torch
-
-    import halfv_export.method.selection  # noqa: F401  (registers the halfv:: op)
+    import torch  # the halfv:: op is registered by the method.selection import at the top
 
     return {torch.ops.halfv.fps_coverage.default: fps_coverage_onnx}

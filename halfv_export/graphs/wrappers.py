@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..backbones.base import Backbone
+from ..manifest import CACHE_PARTS, past_name, present_name
 from ..method.decoder import decode_step_tensors, prefill_tensors
 from ..method.plan import PruningPlan
 
@@ -48,7 +49,7 @@ def position_dims(bb: Backbone, seq_name: str) -> dict:
 
 
 def present_names(num_layers: int) -> list:
-    return [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+    return [present_name(i, part) for i in range(num_layers) for part in CACHE_PARTS]
 
 
 class EmbedGraph(torch.nn.Module):
@@ -154,7 +155,7 @@ def decode_spec(bb: Backbone, dtype, ex: ExampleShape = ExampleShape()) -> Graph
         past += [_randn(shape, dtype, gen), _randn(shape, dtype, gen)]
     args = (_randn((ex.batch, 1, bb.hidden_size), dtype, gen),
             torch.full(position_shape(bb, ex.batch, 1), ex.past + bb.num_layers), *past)
-    past_names = [f"past.{i}.{kind}" for i in range(bb.num_layers) for kind in ("key", "value")]
+    past_names = [past_name(i, part) for i in range(bb.num_layers) for part in CACHE_PARTS]
     past_dims = tuple({0: "batch", 2: f"past_len_{i}"} for i in range(bb.num_layers) for _ in range(2))
     # the token axis of token_embeds / position_ids stays a static 1
     dynamic = {"token_embeds": {0: "batch"}, "position_ids": {1: "batch"} if bb.position_rows == 3 else {0: "batch"},

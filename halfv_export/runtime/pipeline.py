@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import UserError
-from ..manifest import Manifest
+from ..manifest import Manifest, past_name, present_name
 from ..profile import Profile
 from .positions import decode_positions, prompt_positions, visual_span
 
@@ -129,9 +129,10 @@ class OrtPipeline:
         """One token [B, 1, D] over the per-layer cache: each layer's past keeps its own length."""
         feeds = {"token_embeds": token_embeds.astype(self.dtype, copy=False), "position_ids": position_ids}
         for i, (k, v) in enumerate(cache):
-            feeds[f"past.{i}.key"], feeds[f"past.{i}.value"] = k, v
+            feeds[past_name(i, "key")], feeds[past_name(i, "value")] = k, v
         out = self._run("decode", feeds)
-        return out["logits"], [(out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(self.num_layers)]
+        return out["logits"], [(out[present_name(i, "key")], out[present_name(i, "value")])
+                               for i in range(self.num_layers)]
 
     # -- prefill ---------------------------------------------------------------------------------------
     def prefill(self, input_ids, visual_embeds=None, image_grid_thw=None) -> PrefillOutput:
@@ -156,7 +157,7 @@ class OrtPipeline:
         feeds = {"prefix_embeds": embeds[:, :start], "visual_embeds": visual.astype(self.dtype, copy=False),
                  "suffix_embeds": embeds[:, start + count:], "position_ids": positions}
         out = self._run("prefill", feeds)
-        cache = [(out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(self.num_layers)]
+        cache = [(out[present_name(i, "key")], out[present_name(i, "value")]) for i in range(self.num_layers)]
         return PrefillOutput(out["logits"], cache, next_position, out.get("kept_ivr"), out.get("kept_ssr"),
                              visual_tokens=count, seconds=time.perf_counter() - began)
 
