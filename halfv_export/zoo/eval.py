@@ -77,11 +77,11 @@ def eval_questions(count: int, start: int = 0) -> list[data.Sample]:
     return data.samples("test", count, start)
 
 
-def answer_text(tokens, eos: int) -> str:
+def answer_text(tokens, eos: int, tokenizer) -> str:
     ids = [int(t) for t in tokens]
     if eos in ids:
         ids = ids[:ids.index(eos)]
-    return zoo_tokenizer.load().decode(ids).strip()
+    return tokenizer.decode(ids).strip()
 
 
 def reference_answers(bb: Backbone, name: str, samples: list[data.Sample], plan: PruningPlan | None) -> list[str]:
@@ -95,7 +95,7 @@ def reference_answers(bb: Backbone, name: str, samples: list[data.Sample], plan:
         for s in samples:
             batch, _ = encode(bb, s, side, processor, tokenizer, with_answer=False)
             tokens, _ = generate(bb, bb.prepare(batch), plan, MAX_NEW_TOKENS, eos)
-            out.append(answer_text(tokens[0], eos))
+            out.append(answer_text(tokens[0], eos, tokenizer))
     return out
 
 
@@ -193,14 +193,16 @@ def plot_sweep(report: dict, path: str | os.PathLike) -> None:
 
     layers = report["profile"]["num_layers"]
     grid = np.full((layers, layers), np.nan)
-    for row in report["results"]:
-        grid[row["ivr_layer"], row["ssr_layer"]] = row["relative_accuracy"] or 0.0
+    value = {(r["ivr_layer"], r["ssr_layer"]): r["relative_accuracy"] if r["relative_accuracy"] is not None
+             else r["accuracy"] for r in report["results"]}  # plain accuracy when unpruned scored 0
+    for (ivr, ssr), v in value.items():
+        grid[ivr, ssr] = v
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
     image = ax.imshow(grid, vmin=min(0.5, np.nanmin(grid)), vmax=1.0, cmap="viridis", origin="lower")
     for row in report["results"]:
         i, s = row["ivr_layer"], row["ssr_layer"]
-        ax.text(s, i, f"{row['relative_accuracy']:.2f}\n{row['flops_speedup']:.1f}x", ha="center", va="center",
-                fontsize=7, color="white" if row["relative_accuracy"] < 0.85 else "black")
+        ax.text(s, i, f"{value[i, s]:.2f}\n{row['flops_speedup']:.1f}x", ha="center", va="center",
+                fontsize=7, color="white" if value[i, s] < 0.85 else "black")
         if row["calibrated"]:
             ax.add_patch(plt.Rectangle((s - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
     ax.set_xlabel("SSR layer")

@@ -1,9 +1,10 @@
 """Configs of the zoo models: tiny versions of the real architectures, sized to train on 2 CPU cores.
 
 Text side of both: 6 layers, hidden 128, MLP 256, 4 heads / 2 kv heads, vocab 1024 (the zoo word
-tokenizer uses ids 0..37, zoo/tokenizer.py; image ids 1000-1003 as in the built-in tiny models). Images are 336x336 px for Qwen
-(24x24 patches of 14 px, 2x2 merge -> 144 visual tokens) and 168x168 px for LLaVA (12x12 patches of
-14 px -> 144 visual tokens), so both decoders see the same number of visual tokens.
+tokenizer uses ids 0..39, zoo/tokenizer.py; image ids 1000-1003 as in the built-in tiny models).
+Images are 336x336 px for Qwen (24x24 patches of 14 px, 2x2 merge -> 144 visual tokens) and 168x168 px
+for LLaVA (12x12 patches of 14 px -> 144 visual tokens), so both decoders see the same number of
+visual tokens.
 """
 
 from __future__ import annotations
