@@ -42,10 +42,12 @@ def card_text(name: str, record: dict, config: dict, acc: dict) -> str:
     kinds = ", ".join(f"{k} {v:.2f}" for k, v in acc["by_kind"].items())
     arch = ("Qwen2_5_VLForConditionalGeneration" if config["model_type"] == "qwen2_5_vl"
             else "LlavaForConditionalGeneration (Llama text, CLIP vision)")
-    vision_line = (f"depth {vision.get('depth')}, hidden {vision['hidden_size']}, patch 14, 2x2 merge, window 112 px"
+    merge = vision.get("spatial_merge_size")
+    vision_line = (f"depth {vision.get('depth')}, hidden {vision['hidden_size']}, patch {vision['patch_size']}, "
+                   f"{merge}x{merge} merge, window {vision.get('window_size')} px"
                    if config["model_type"] == "qwen2_5_vl" else
-                   f"CLIP {vision['num_hidden_layers']} layers, hidden {vision['hidden_size']}, {side} px, patch 14, "
-                   f"feature layer {config.get('vision_feature_layer')}")
+                   f"CLIP {vision['num_hidden_layers']} layers, hidden {vision['hidden_size']}, {side} px, "
+                   f"patch {vision['patch_size']}, feature layer {config.get('vision_feature_layer')}")
     stages = [record]
     while stages[0].get("previous"):
         stages.insert(0, stages[0]["previous"])

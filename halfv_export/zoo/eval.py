@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from ..backbones.base import Backbone
+from ..backbones.base import Backbone, DecoderInputs
 from ..errors import UserError
 from ..flops import DecoderDims, fastv_schedule, halfv_schedule, prefill_flops, unpruned_schedule
 from ..method.decoder import generate
@@ -84,19 +84,25 @@ def answer_text(tokens, eos: int, tokenizer) -> str:
     return tokenizer.decode(ids).strip()
 
 
-def reference_answers(bb: Backbone, name: str, samples: list[data.Sample], plan: PruningPlan | None) -> list[str]:
-    """Greedy answers of the PyTorch reference under `plan` (None: unpruned)."""
+def prepare_questions(bb: Backbone, name: str, samples: list[data.Sample]) -> list[DecoderInputs]:
+    """Each question rendered, preprocessed and run through the vision tower once: the decoder inputs every
+    pruning plan starts from (they do not depend on the plan)."""
     side = image_side(name)
     processor = processor_for(bb, side)
+    tokenizer = zoo_tokenizer.load()
+    with torch.no_grad():
+        return [bb.prepare(encode(bb, s, side, processor, tokenizer, with_answer=False)[0]) for s in samples]
+
+
+def answers_for(bb: Backbone, questions: list[DecoderInputs], plan: PruningPlan | None) -> list[str]:
+    """Greedy answers of the PyTorch reference under `plan` (None: unpruned)."""
     eos = bb.text_config.eos_token_id
     tokenizer = zoo_tokenizer.load()
-    out = []
-    with torch.no_grad():
-        for s in samples:
-            batch, _ = encode(bb, s, side, processor, tokenizer, with_answer=False)
-            tokens, _ = generate(bb, bb.prepare(batch), plan, MAX_NEW_TOKENS, eos)
-            out.append(answer_text(tokens[0], eos, tokenizer))
-    return out
+    return [answer_text(generate(bb, q, plan, MAX_NEW_TOKENS, eos)[0][0], eos, tokenizer) for q in questions]
+
+
+def reference_answers(bb: Backbone, name: str, samples: list[data.Sample], plan: PruningPlan | None) -> list[str]:
+    return answers_for(bb, prepare_questions(bb, name, samples), plan)
 
 
 def accuracy(samples: list[data.Sample], answers: list[str]) -> float:
@@ -112,17 +118,14 @@ def by_kind(samples: list[data.Sample], answers: list[str]) -> dict:
     return out
 
 
-def token_counts(bb: Backbone, name: str, samples: list[data.Sample]) -> list[tuple[int, int]]:
-    """(text tokens, visual tokens) of each sample's prompt."""
-    side = image_side(name)
-    processor = processor_for(bb, side)
-    tokenizer = zoo_tokenizer.load()
-    counts = []
-    for s in samples:
-        batch, _ = encode(bb, s, side, processor, tokenizer, with_answer=False)
-        n_visual = int((batch.input_ids == bb.image_token_id).sum())
-        counts.append((batch.input_ids.shape[1] - n_visual, n_visual))
-    return counts
+def token_counts(questions: list[DecoderInputs]) -> list[tuple[int, int]]:
+    """(text tokens, visual tokens) of each prepared question's prompt."""
+    return [(q.embeds.shape[1] - q.visual_count, q.visual_count) for q in questions]
+
+
+def total_flops(dims: DecoderDims, counts, schedule_of: Callable) -> float:
+    """Prefill FLOPs summed over the questions; schedule_of(text tokens, visual tokens) -> schedule."""
+    return sum(prefill_flops(dims, schedule_of(t, n)) for t, n in counts)
 
 
 def evaluate(bb: Backbone, name: str, profile: Profile, methods, keeps, count: int,
@@ -130,18 +133,19 @@ def evaluate(bb: Backbone, name: str, profile: Profile, methods, keeps, count: i
     torch.set_num_threads(2)
     profile.check_backbone(bb.family, bb.num_layers, name)
     samples = eval_questions(count)
+    questions = prepare_questions(bb, name, samples)
     dims = DecoderDims.from_config(bb.text_config)
-    counts = token_counts(bb, name, samples)
+    counts = token_counts(questions)
 
     def flops(method, keep):
-        return sum(prefill_flops(dims, schedule(method, profile, keep, t, n)) for t, n in counts)
+        return total_flops(dims, counts, lambda t, n: schedule(method, profile, keep, t, n))
 
     base_flops = flops("unpruned", 1.0)
     runs = [("unpruned", 1.0)] + [(m, k) for m in methods if m != "unpruned" for k in keeps]
     results, base_acc = [], None
     for method, keep in runs:
         began = time.perf_counter()
-        answers = reference_answers(bb, name, samples, make_plan(method, profile, keep))
+        answers = answers_for(bb, questions, make_plan(method, profile, keep))
         acc = accuracy(samples, answers)
         base_acc = acc if method == "unpruned" else base_acc
         row = {"method": method, "keep": keep, "accuracy": round(acc, 4),
@@ -164,17 +168,18 @@ def sweep_layers(bb: Backbone, name: str, profile: Profile, count: int,
     torch.set_num_threads(2)
     profile.check_backbone(bb.family, bb.num_layers, name)
     samples = eval_questions(count)
+    questions = prepare_questions(bb, name, samples)
     dims = DecoderDims.from_config(bb.text_config)
-    counts = token_counts(bb, name, samples)
-    base_flops = sum(prefill_flops(dims, unpruned_schedule(profile.num_layers, t, n)) for t, n in counts)
-    base_acc = accuracy(samples, reference_answers(bb, name, samples, None))
+    counts = token_counts(questions)
+    base_flops = total_flops(dims, counts, lambda t, n: unpruned_schedule(profile.num_layers, t, n))
+    base_acc = accuracy(samples, answers_for(bb, questions, None))
     progress(f"unpruned accuracy {base_acc:.3f}")
     results = []
     for ivr in range(1, profile.num_layers - 1):
         for ssr in range(ivr + 1, profile.num_layers):
             variant = dataclasses.replace(profile, ivr_layer=ivr, ssr_layer=ssr, calibration={})
-            acc = accuracy(samples, reference_answers(bb, name, samples, PruningPlan.halfv(variant)))
-            speedup = base_flops / sum(prefill_flops(dims, halfv_schedule(variant, t, n)) for t, n in counts)
+            acc = accuracy(samples, answers_for(bb, questions, PruningPlan.halfv(variant)))
+            speedup = base_flops / total_flops(dims, counts, lambda t, n, v=variant: halfv_schedule(v, t, n))
             results.append({"ivr_layer": ivr, "ssr_layer": ssr, "accuracy": round(acc, 4),
                             "relative_accuracy": round(acc / base_acc, 4) if base_acc else None,
                             "flops_speedup": round(speedup, 3),
@@ -236,13 +241,13 @@ def evaluate_graphs(bb: Backbone, name: str, graphs_dir: str | os.PathLike, coun
     began = time.perf_counter()
     answers = [pipe.answer(s.image(side), s.question.prompt, MAX_NEW_TOKENS).text.strip() for s in samples]
     seconds = time.perf_counter() - began
-    reference = reference_answers(bb, name, samples, plan)
+    questions = prepare_questions(bb, name, samples)
+    reference = answers_for(bb, questions, plan)
     agree = sum(a == r for a, r in zip(answers, reference)) / count
     dims = DecoderDims.from_config(bb.text_config)
-    counts = token_counts(bb, name, samples)
-    base = sum(prefill_flops(dims, unpruned_schedule(bb.num_layers, t, n)) for t, n in counts)
-    mine = sum(prefill_flops(dims, halfv_schedule(profile, t, n) if profile else unpruned_schedule(bb.num_layers, t, n))
-               for t, n in counts)
+    counts = token_counts(questions)
+    base = total_flops(dims, counts, lambda t, n: unpruned_schedule(bb.num_layers, t, n))
+    mine = total_flops(dims, counts, lambda t, n: halfv_schedule(profile, t, n)) if profile else base
     acc, ref_acc = accuracy(samples, answers), accuracy(samples, reference)
     progress(f"{label}: accuracy {acc:.3f}, reference {ref_acc:.3f}, agreement {agree:.3f}")
     return {"model": name, "split": "test", "samples": count, "graphs": str(Path(graphs_dir)),

@@ -51,8 +51,9 @@ def image_side(name: str) -> int:
 
 
 def visual_tokens(name: str) -> int:
-    """Visual tokens of one image: 14 px patches, merged 2x2 for Qwen."""
-    per_side = image_side(name) // 14 // (2 if name == "shapes-qwen2.5-vl" else 1)
+    """Visual tokens of one image: patches per side, merged (Qwen 2x2; CLIP has no merge) and squared."""
+    vision = ZOO[name][0]().vision_config
+    per_side = image_side(name) // vision.patch_size // getattr(vision, "spatial_merge_size", 1)
     return per_side * per_side
 
 
