@@ -392,7 +392,8 @@ def zoo():
 @click.argument("name", type=click.Choice(ZOO_NAMES))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="weights folder to write (default: the committed halfv_export/zoo/weights/NAME)")
-@click.option("--examples", type=int, default=None, callback=positive_int, help="distinct training questions")
+@click.option("--examples", type=int, default=None, callback=positive_int,
+              help="training examples (train-split indices first..first+N-1)")
 @click.option("--epochs", type=int, default=None, callback=positive_int)
 @click.option("--batch-size", type=int, default=None, callback=positive_int)
 @click.option("--lr", type=float, default=None, help="peak learning rate (AdamW, warmup + cosine)")
@@ -496,20 +497,18 @@ def eval_command(model, model_path, methods, keeps, samples, out_dir, graphs_dir
     progress = lambda line: click.echo(line, err=True)  # noqa: E731
     out = Path(out_dir or Path("eval-out") / model)
     if sweep_layers:
+        stem, draw = "sweep", plot_sweep
         report = sweep(bb, model, shipped_profile(get_entry(model).profile), samples, progress)
-        write_json(out / "sweep.json", report)
-        with atomic_path(out / "sweep.png") as tmp:
-            plot_sweep(report, tmp)
-        click.echo(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'}")
-        return
-    if graphs_dir is not None:
+    elif graphs_dir is not None:
+        stem, draw = "eval", plot
         report = evaluate_graphs(bb, model, graphs_dir, samples, progress)
     else:
+        stem, draw = "eval", plot
         report = evaluate(bb, model, shipped_profile(get_entry(model).profile), names, budgets, samples, progress)
-    write_json(out / "eval.json", report)
-    with atomic_path(out / "eval.png") as tmp:
-        plot(report, tmp)
-    click.echo(f"wrote {out / 'eval.json'} and {out / 'eval.png'}")
+    write_json(out / f"{stem}.json", report)
+    with atomic_path(out / f"{stem}.png") as tmp:
+        draw(report, tmp)
+    click.echo(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")
 
 
 # -- triton / serve (halfv_export.deploy.triton, halfv_export.deploy.serve) ------------------------------
