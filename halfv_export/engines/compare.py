@@ -17,7 +17,6 @@ are in range, and the decode graph's past is the prefill graph's own present out
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..errors import UserError
