@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
@@ -62,8 +63,24 @@ class Scene:
                     if odd:
                         draw.rectangle([x, y, x + step - 1, y + step - 1], fill=darker)
         for thing in self.things:
-            _draw_thing(draw, thing, side)
+            _draw_thing(draw, thing, side, COLOURS[thing.colour])
         return img
+
+    def token_labels(self, side: int, grid: int) -> tuple[list[int], list[int]]:
+        """Per cell of a grid x grid split of the image (raster order, one cell per visual token): the shape
+        kind and colour covering most of the cell, as 1 + index in SHAPES / sorted(COLOURS), 0 for background."""
+        owner = Image.new("L", (side, side), 0)  # pixel -> 1 + index of the thing drawn there
+        draw = ImageDraw.Draw(owner)
+        for i, thing in enumerate(self.things):
+            _draw_thing(draw, thing, side, i + 1)
+        cell = side // grid
+        pixels = np.asarray(owner)[:cell * grid, :cell * grid].reshape(grid, cell, grid, cell).transpose(0, 2, 1, 3)
+        counts = np.stack([(pixels == v).sum(axis=(2, 3)) for v in range(len(self.things) + 1)], axis=-1)
+        majority = counts.argmax(axis=-1).reshape(-1).tolist()
+        colours = sorted(COLOURS)
+        kinds = [0 if m == 0 else 1 + SHAPES.index(self.things[m - 1].kind) for m in majority]
+        hues = [0 if m == 0 else 1 + colours.index(self.things[m - 1].colour) for m in majority]
+        return kinds, hues
 
 
 @dataclass(frozen=True)
@@ -84,9 +101,8 @@ class Sample:
         return self.scene.render(side)
 
 
-def _draw_thing(draw: ImageDraw.ImageDraw, thing: Thing, side: int) -> None:
+def _draw_thing(draw: ImageDraw.ImageDraw, thing: Thing, side: int, fill) -> None:
     x0, y0, x1, y1 = (round(v * side) for v in thing.box)
-    fill = COLOURS[thing.colour]
     if thing.kind == "circle":
         draw.ellipse([x0, y0, x1, y1], fill=fill)
     elif thing.kind == "square":

@@ -93,3 +93,27 @@ def test_descriptions_are_right_by_construction():
             assert row == ("top", "bottom")[int(ys.mean() >= 168)] and col == ("left", "right")[int(xs.mean() >= 168)]
             cells.append((row == "bottom", col == "right"))
         assert cells == sorted(cells)
+
+
+@pytest.mark.parametrize("side,grid", [(168, 12), (336, 12)])
+def test_token_labels_are_read_off_the_pixels(side, grid):
+    """Each visual token's label is the palette colour covering most of its cell (background when none does),
+    and its kind is the kind of the shape with that colour."""
+    colours = sorted(data.COLOURS)
+    for s in data.samples("train", 30):
+        kinds, hues = s.scene.token_labels(side, grid)
+        image = np.asarray(s.image(side))
+        cell = side // grid
+        by_colour = {t.colour: t for t in s.scene.things}
+        for i, (kind, hue) in enumerate(zip(kinds, hues)):
+            r, c = divmod(i, grid)
+            block = image[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
+            shares = {name: colour_mask(block, name).mean() for name in colours}
+            background_share = 1 - sum(shares.values())
+            if hue == 0:
+                assert kind == 0 and background_share >= max(shares.values()), (s, i)
+            else:
+                name = colours[hue - 1]
+                assert shares[name] == max(shares.values()) and shares[name] >= background_share, (s, i)
+                assert data.SHAPES[kind - 1] == by_colour[name].kind
+        assert {colours[h - 1] for h in hues if h} == set(by_colour)  # every shape owns a token
