@@ -95,15 +95,20 @@ def stage_text(name: str, record: dict, index: int, count: int) -> str:
         f" --init <stage {index} folder> --first-example {first} --examples {s['examples']} --lr {s['lr']}")
     last = record["loss_curve"][-1]["loss"] if record["loss_curve"] else float("nan")
     title = f"Stage {index + 1} of {count}" if count > 1 else "Single stage"
+    vision = (f"First {record['vision_steps']} vision steps (batch {s['batch_size']}, train scenes "
+              f"{first}..{first + record['vision_steps'] * s['batch_size'] - 1}): the vision tower and projector alone "
+              f"learn, through a linear probe, the shape kind and colour under each visual token (the probe is "
+              f"dropped after training). Then " if record.get("vision_steps") else "")
+    probe = (f" + {s['token_loss_weight']} x the probe loss" if s.get("token_loss_weight") else "")
     return f"""{title}:
 
     halfv-export zoo train {name}{options}
 
-{s['examples']} training examples (train indices {first}..{first + s['examples'] - 1}; a share \
+{vision}{s['examples']} training examples (train indices {first}..{first + s['examples'] - 1}; a share \
 {s.get('describe_share', 0.0)} of them ask "{DESCRIBE_PROMPT}" and are answered with every shape as "colour kind row \
 col", the rest with the one-word answer), {s['epochs']} epoch(s), batch {s['batch_size']}, AdamW lr {s['lr']} \
 (warmup {s['warmup_steps']} steps, cosine to 10%), weight decay {s['weight_decay']}, grad clip 1.0, seed {s['seed']}, \
-loss on the answer tokens + eos only, torch {record['torch']} CPU, {record['threads']} thread(s). Ran \
-{record['steps']} of {record['planned_steps']} steps in {record['train_seconds']:.0f} s wall\
-{' (stopped by the time limit)' if record['stopped_early'] else ''}; last logged loss {last:.4f}.
+loss on the answer tokens + eos (averaged per example){probe}, torch {record['torch']} CPU, {record['threads']} thread(s). Ran \
+{record['steps']} of {record['planned_steps']} question steps in {record['train_seconds']:.0f} s wall (both parts)\
+{' (stopped by the time limit)' if record['stopped_early'] else ''}; last logged answer loss {last:.4f}.
 """

@@ -1,7 +1,8 @@
 """Configs of the zoo models: tiny versions of the real architectures, sized to train on 2 CPU cores.
 
 Text side of both: 6 layers, hidden 128, MLP 256, 4 heads / 2 kv heads, vocab 1024 (the zoo word
-tokenizer uses ids 0..39, zoo/tokenizer.py; image ids 1000-1003 as in the built-in tiny models).
+tokenizer uses ids 0..39, zoo/tokenizer.py; image ids 1000-1003 as in the built-in tiny models), untied
+input and output embeddings.
 Images are 336x336 px for Qwen (24x24 patches of 14 px, 2x2 merge -> 144 visual tokens) and 168x168 px
 for LLaVA (12x12 patches of 14 px -> 144 visual tokens), so both decoders see the same number of
 visual tokens.
@@ -18,7 +19,11 @@ QWEN_SIDE = 336
 LLAVA_SIDE = 168
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=6, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=1024, max_position_embeddings=2048, bos_token_id=1,
-            eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+            eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+# Text embeddings start at unit scale (train.build_model), not transformers' 0.02: the visual tokens arrive with
+# rms ~10, and 0.02-scale word embeddings were wiped out by the first layer's update (the decoder could not
+# tell "left or right?" from "top or bottom?"). Untied, so the output head keeps its own scale.
+EMBEDDING_STD = 1.0
 
 
 def shapes_qwen_config() -> Qwen2_5_VLConfig:
@@ -30,7 +35,7 @@ def shapes_qwen_config() -> Qwen2_5_VLConfig:
                            spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=128,
                            fullatt_block_indexes=[1]),
         image_token_id=1000, video_token_id=1001, vision_start_token_id=1002, vision_end_token_id=1003,
-        tie_word_embeddings=True)
+        tie_word_embeddings=False)
 
 
 def shapes_llava_config() -> LlavaConfig:
@@ -40,7 +45,7 @@ def shapes_llava_config() -> LlavaConfig:
                                        projection_dim=64),
         text_config=LlamaConfig(**TEXT, rms_norm_eps=1e-6),
         image_token_index=1000, vision_feature_layer=-1, vision_feature_select_strategy="default",
-        tie_word_embeddings=True)
+        tie_word_embeddings=False)
 
 
 ZOO = {"shapes-qwen2.5-vl": (shapes_qwen_config, QWEN_SIDE), "shapes-llava": (shapes_llava_config, LLAVA_SIDE)}

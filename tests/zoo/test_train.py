@@ -64,3 +64,52 @@ def test_a_fixed_share_of_training_examples_describe_the_scene():
                    for i in range(100))
     plain = data.sample("train", 3)
     assert training_sample(3, TrainSettings(describe_share=0.0)) == plain
+
+
+def test_training_forward_is_the_models_own():
+    """Training computes the visual tokens itself (for the probe) and hands them to the model: the loss is
+    the one the transformers model computes from pixels."""
+    from halfv_export.backbones.base import MultimodalBatch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from halfv_export.zoo.train import collate
+
+    bb = build_model(NAME)
+    side = image_side(NAME)
+    items = [encode(bb, data.sample("train", i), side, processor_for(bb, side), tokenizer.load()) for i in range(3)]
+    inputs = collate(bb, items)
+    with torch.no_grad():
+        own = bb.model(**inputs).loss
+        pixels = inputs.pop("pixel_values")
+        features = bb.image_features(MultimodalBatch(inputs["input_ids"], pixels))
+        inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(features))}
+        assert torch.equal(bb.model(**inputs).loss, own)
+
+
+def test_vision_stage_teaches_the_probe_and_the_probe_is_not_saved(two_runs):
+    """Stage 1 lowers the token-label loss over 50 steps; the model keeps exactly the transformers weights."""
+    bb, record = two_runs[0]
+    assert set(bb.model.state_dict()) == set(build_model(NAME).model.state_dict())
+    assert "token_loss" in record["loss_curve"][-1]
+    _, staged = train(NAME, TrainSettings(examples=2, batch_size=2, vision_steps=50, warmup_steps=5),
+                      progress=lambda line: None)
+    curve = staged["vision_curve"]
+    assert staged["vision_steps"] == 50 and staged["steps"] == 1
+    assert [c["step"] for c in curve] == [25, 50] and curve[-1]["token_loss"] < 0.5 * curve[0]["token_loss"]
+
+
+def test_answer_loss_weighs_examples_equally():
+    """Equal-length answers: the transformers token mean. A long and a short answer: the mean of the two
+    examples' own means, so a description does not outweigh a one-word answer."""
+    from halfv_export.zoo.train import answer_loss_per_example
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11)
+    equal = torch.tensor([[IGNORE, IGNORE, IGNORE, IGNORE, 3, 4], [IGNORE, IGNORE, IGNORE, IGNORE, 5, 6]])
+    ce = torch.nn.functional.cross_entropy
+    token_mean = ce(logits[:, :-1].reshape(-1, 11), equal[:, 1:].reshape(-1), ignore_index=IGNORE)
+    assert torch.allclose(answer_loss_per_example(logits, equal), token_mean)
+    unequal = torch.tensor([[IGNORE, 1, 2, 3, 4, 5], [IGNORE, IGNORE, IGNORE, IGNORE, IGNORE, 6]])
+    long = ce(logits[0, :-1], unequal[0, 1:])
+    short = ce(logits[1, 4:5], unequal[1, 5:])
+    assert torch.allclose(answer_loss_per_example(logits, unequal), (long + short) / 2)
