@@ -39,6 +39,7 @@ def card_text(name: str, record: dict, config: dict, acc: dict) -> str:
     text = config["text_config"]
     vision = config["vision_config"]
     side = image_side(name)
+    tying = "tied" if config.get("tie_word_embeddings", text.get("tie_word_embeddings")) else "untied"
     kinds = ", ".join(f"{k} {v:.2f}" for k, v in acc["by_kind"].items())
     arch = ("Qwen2_5_VLForConditionalGeneration" if config["model_type"] == "qwen2_5_vl"
             else "LlavaForConditionalGeneration (Llama text, CLIP vision)")
@@ -61,7 +62,7 @@ Not a general model: it only knows this task.
 ## Architecture ({acc['parameters'] / 1e6:.2f} M parameters)
 - text: {text['num_hidden_layers']} layers, hidden {text['hidden_size']}, MLP {text['intermediate_size']}, \
 {text['num_attention_heads']} heads / {text['num_key_value_heads']} kv heads, vocab {text['vocab_size']}, \
-eos id {text['eos_token_id']}, tied embeddings
+eos id {text['eos_token_id']}, {tying} embeddings
 - vision: {vision_line}
 - images: {side}x{side} px -> {visual_tokens(name)} visual tokens; tokenizer: one id per word (WordLevel, \
 zoo/tokenizer.py), shipped as tokenizer.json
