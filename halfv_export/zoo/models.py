@@ -55,11 +55,14 @@ def image_side(name: str) -> int:
     return ZOO[name][1]
 
 
-def visual_tokens(name: str) -> int:
-    """Visual tokens of one image: patches per side, merged (Qwen 2x2; CLIP has no merge) and squared."""
+def tokens_per_side(name: str) -> int:
+    """Visual tokens along one image side: patches per side over the merge (Qwen 2x2; CLIP has no merge)."""
     vision = ZOO[name][0]().vision_config
-    per_side = image_side(name) // vision.patch_size // getattr(vision, "spatial_merge_size", 1)
-    return per_side * per_side
+    return image_side(name) // vision.patch_size // getattr(vision, "spatial_merge_size", 1)
+
+
+def visual_tokens(name: str) -> int:
+    return tokens_per_side(name) ** 2
 
 
 def weights_dir(name: str) -> Path:

@@ -29,7 +29,7 @@ from ..backbones.base import Backbone, MultimodalBatch
 from ..calibration.data import make_batch
 from ..fileio import atomic_dir
 from . import data, tokenizer as zoo_tokenizer
-from .models import EMBEDDING_STD, ZOO, image_side
+from .models import EMBEDDING_STD, ZOO, image_side, tokens_per_side
 
 IGNORE = -100
 
@@ -135,12 +135,6 @@ class TokenProbe(torch.nn.Module):
                 + ce(self.colour(features).flatten(0, 1), colours.flatten()))
 
 
-def token_grid(bb: Backbone, side: int) -> int:
-    """Visual tokens per image side: patches per side over the merge (Qwen 2x2; CLIP has none)."""
-    vision = bb.config.vision_config
-    return side // vision.patch_size // getattr(vision, "spatial_merge_size", 1)
-
-
 def param_groups(modules: list[torch.nn.Module], settings: TrainSettings) -> list[dict]:
     """AdamW groups: weight decay on matrices only."""
     named = [item for m in modules for item in m.named_parameters()]
@@ -222,15 +216,14 @@ class StepLog:
             self.sums, self.seen = {}, 0
 
 
-def pretrain_vision(bb: Backbone, probe: TokenProbe, settings: TrainSettings, side: int, processor, tokenizer,
-                    log: StepLog, deadline: float) -> bool:
+def pretrain_vision(bb: Backbone, probe: TokenProbe, settings: TrainSettings, side: int, grid: int, processor,
+                    tokenizer, log: StepLog, deadline: float) -> bool:
     """Vision steps: the vision tower and projector learn the token labels alone (no decoder in the loop).
 
     A vision-only step costs 15% (LLaVA) to 50% (Qwen) of a full step, so the tower sees many more scenes in
     the same time: LLaVA's tower labelled 39% of shape tokens' kinds right after 600 steps and 98% after 10000,
     while 2000 full steps with the probe loss left shape questions at 0.36.
     Returns False when the time limit stopped it."""
-    grid = token_grid(bb, side)
     opt = torch.optim.AdamW(param_groups([bb.model, probe], settings), lr=settings.lr)
     for step in range(settings.vision_steps):
         first = settings.first_example + step * settings.batch_size
@@ -262,12 +255,12 @@ def train(name: str, settings: TrainSettings, progress: Callable[[str], None] = 
     processor = processor_for(bb, side)
     tokenizer = zoo_tokenizer.load()
     model = bb.model.train()
-    grid = token_grid(bb, side)
+    grid = tokens_per_side(name)
     probe = TokenProbe(bb.hidden_size) if settings.token_loss_weight or settings.vision_steps else None
     began = time.perf_counter()
     deadline = began + settings.time_limit_s
     vision = StepLog("vision", settings.vision_steps, began, progress)
-    finished = pretrain_vision(bb, probe, settings, side, processor, tokenizer, vision, deadline) \
+    finished = pretrain_vision(bb, probe, settings, side, grid, processor, tokenizer, vision, deadline) \
         if settings.vision_steps else True
 
     opt = torch.optim.AdamW(param_groups([model] + ([probe] if probe else []), settings), lr=settings.lr)
