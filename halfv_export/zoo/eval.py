@@ -128,14 +128,19 @@ def total_flops(dims: DecoderDims, counts, schedule_of: Callable) -> float:
     return sum(prefill_flops(dims, schedule_of(t, n)) for t, n in counts)
 
 
-def evaluate(bb: Backbone, name: str, profile: Profile, methods, keeps, count: int,
-             progress: Callable[[str], None] = lambda line: None) -> dict:
+def prepare_run(bb: Backbone, name: str, profile: Profile, count: int):
+    """(samples, prepared questions, decoder dims, (text, visual) counts) of the first `count` test questions,
+    after checking that the profile fits the model."""
     torch.set_num_threads(2)
     profile.check_backbone(bb.family, bb.num_layers, name)
     samples = eval_questions(count)
     questions = prepare_questions(bb, name, samples)
-    dims = DecoderDims.from_config(bb.text_config)
-    counts = token_counts(questions)
+    return samples, questions, DecoderDims.from_config(bb.text_config), token_counts(questions)
+
+
+def evaluate(bb: Backbone, name: str, profile: Profile, methods, keeps, count: int,
+             progress: Callable[[str], None] = lambda line: None) -> dict:
+    samples, questions, dims, counts = prepare_run(bb, name, profile, count)
 
     def flops(method, keep):
         return total_flops(dims, counts, lambda t, n: schedule(method, profile, keep, t, n))
@@ -165,12 +170,7 @@ def sweep_layers(bb: Backbone, name: str, profile: Profile, count: int,
                  progress: Callable[[str], None] = lambda line: None) -> dict:
     """HalfV accuracy for every (IVR layer, SSR layer) pair at the profile's budgets: the sensitivity to the
     stage layers that calibration picks (the profile's own pair is marked `calibrated`)."""
-    torch.set_num_threads(2)
-    profile.check_backbone(bb.family, bb.num_layers, name)
-    samples = eval_questions(count)
-    questions = prepare_questions(bb, name, samples)
-    dims = DecoderDims.from_config(bb.text_config)
-    counts = token_counts(questions)
+    samples, questions, dims, counts = prepare_run(bb, name, profile, count)
     base_flops = total_flops(dims, counts, lambda t, n: unpruned_schedule(profile.num_layers, t, n))
     base_acc = accuracy(samples, answers_for(bb, questions, None))
     progress(f"unpruned accuracy {base_acc:.3f}")
