@@ -402,17 +402,22 @@ def zoo():
 @click.option("--first-example", type=int, default=None, help="first train-split index used (default 0)")
 @click.option("--describe-share", type=click.FloatRange(0, 1), default=None,
               help="share of examples that describe the whole scene instead of one question (default 0.5)")
+@click.option("--turns", type=click.IntRange(min=1), default=None,
+              help="questions per image in a question example: the first as at inference, then follow-ups as later "
+                   "chat turns (default 5)")
 @click.option("--vision-steps", type=click.IntRange(min=0), default=None,
               help="steps of the vision tower alone on the per-token labels, before the question steps "
                    "(default: shapes-llava 10000, shapes-qwen2.5-vl 4000)")
 @click.option("--token-loss-weight", type=click.FloatRange(min=0), default=None,
               help="weight of the visual-token probe loss (default 1; 0 turns the probe off)")
+@click.option("--place-loss-weight", type=click.FloatRange(min=0), default=None,
+              help="weight of the visual-token place loss (default 1; 0 turns it off)")
 @click.option("--threads", type=int, default=None, callback=positive_int, help="torch CPU threads (default 1)")
 @click.option("--init", "init", type=click.Path(file_okay=False), default=None,
               help="continue from this weights folder instead of a random init (its train.json is kept)")
 @user_errors
 def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit, first_example, describe_share,
-              vision_steps, token_loss_weight, threads, init):
+              turns, vision_steps, token_loss_weight, place_loss_weight, threads, init):
     """Train NAME from scratch on the shapes train split (CPU, deterministic, progress on stderr)."""
     import dataclasses
     from pathlib import Path
@@ -421,8 +426,9 @@ def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit, fir
     from .zoo.train import DEFAULTS, save, train
 
     given = dict(examples=examples, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, time_limit_s=time_limit,
-                 first_example=first_example, describe_share=describe_share, vision_steps=vision_steps,
-                 token_loss_weight=token_loss_weight, threads=threads)
+                 first_example=first_example, describe_share=describe_share, turns=turns,
+                 vision_steps=vision_steps, token_loss_weight=token_loss_weight,
+                 place_loss_weight=place_loss_weight, threads=threads)
     settings = dataclasses.replace(DEFAULTS[name], **{k: v for k, v in given.items() if v is not None})
     if settings.batch_size > settings.examples:
         raise UserError(f"--batch-size {settings.batch_size} is larger than --examples {settings.examples}")

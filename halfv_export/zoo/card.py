@@ -7,9 +7,10 @@ from pathlib import Path
 
 from ..backbones.registry import load_backbone
 from ..fileio import atomic_path, write_json
-from .data import DESCRIBE_PROMPT, SHAPE_SIZE
+from .data import DESCRIBE_PROMPTS, SHAPE_SIZE
 from .eval import accuracy, by_kind, eval_questions, reference_answers
 from .models import image_side, visual_tokens, weights_dir
+from .train import PLACE_LAYER
 
 SUBSET = 50  # the fixed subset tests re-measure (first 50 test questions)
 
@@ -43,6 +44,8 @@ def card_text(name: str, record: dict, config: dict, acc: dict) -> str:
     kinds = ", ".join(f"{k} {v:.2f}" for k, v in acc["by_kind"].items())
     arch = ("Qwen2_5_VLForConditionalGeneration" if config["model_type"] == "qwen2_5_vl"
             else "LlavaForConditionalGeneration (Llama text, CLIP vision)")
+    sections = (text.get("rope_parameters") or {}).get("mrope_section")
+    mrope = f", M-RoPE sections (t, h, w) {sections} (zoo/models.py MROPE_SECTION)" if sections else ""
     merge = vision.get("spatial_merge_size")
     vision_line = (f"depth {vision.get('depth')}, hidden {vision['hidden_size']}, patch {vision['patch_size']}, "
                    f"{merge}x{merge} merge, window {vision.get('window_size')} px"
@@ -62,7 +65,7 @@ Not a general model: it only knows this task.
 ## Architecture ({acc['parameters'] / 1e6:.2f} M parameters)
 - text: {text['num_hidden_layers']} layers, hidden {text['hidden_size']}, MLP {text['intermediate_size']}, \
 {text['num_attention_heads']} heads / {text['num_key_value_heads']} kv heads, vocab {text['vocab_size']}, \
-eos id {text['eos_token_id']}, {tying} embeddings
+eos id {text['eos_token_id']}, {tying} embeddings{mrope}
 - vision: {vision_line}
 - images: {side}x{side} px -> {visual_tokens(name)} visual tokens; tokenizer: one id per word (WordLevel, \
 zoo/tokenizer.py), shipped as tokenizer.json
@@ -101,13 +104,20 @@ def stage_text(name: str, record: dict, index: int, count: int) -> str:
               f"learn, through a linear probe, the shape kind and colour under each visual token (the probe is "
               f"dropped after training). Then " if record.get("vision_steps") else "")
     probe = (f" + {s['token_loss_weight']} x the probe loss" if s.get("token_loss_weight") else "")
+    probe += (f" + {s['place_loss_weight']} x a place loss (a linear probe names each visual token's image "
+              f"quadrant from the decoder state after {PLACE_LAYER} layers; dropped after training)"
+              if s.get("place_loss_weight") else "")
+    turns = s.get("turns", 1)
+    followups = (f", then up to {turns - 1} more questions about the same image as later chat turns, each with its "
+                 f"one-word answer" if turns > 1 else "")
     return f"""{title}:
 
     halfv-export zoo train {name}{options}
 
 {vision}{s['examples']} training examples (train indices {first}..{first + s['examples'] - 1}; a share \
-{s.get('describe_share', 0.0)} of them ask "{DESCRIBE_PROMPT}" and are answered with every shape as "colour kind row \
-col", the rest with the one-word answer), {s['epochs']} epoch(s), batch {s['batch_size']}, AdamW lr {s['lr']} \
+{s.get('describe_share', 0.0)} of them ask "{DESCRIBE_PROMPTS['kinds']}" (answer: every shape as "kind colour row col", \
+kinds in a fixed order) or "{DESCRIBE_PROMPTS['colours']}" ("colour kind row col", colours in a fixed order), the rest \
+one question with its one-word answer{followups}), {s['epochs']} epoch(s), batch {s['batch_size']}, AdamW lr {s['lr']} \
 (warmup {s['warmup_steps']} steps, cosine to 10%), weight decay {s['weight_decay']}, grad clip 1.0, seed {s['seed']}, \
 loss on the answer tokens + eos (averaged per example){probe}, torch {record['torch']} CPU, {record['threads']} thread(s). Ran \
 {record['steps']} of {record['planned_steps']} question steps in {record['train_seconds']:.0f} s wall (both parts)\

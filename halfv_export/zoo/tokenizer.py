@@ -28,7 +28,7 @@ CHAT_SPECIALS = ["<|im_start|>", "<|im_end|>"]
 def words() -> list[str]:
     """Every word and punctuation mark of the task's questions, answers and the two chat templates."""
     text = [t.format(kind=" ", colour=" ") for t in data.QUESTION_TEMPLATES.values()]
-    text += list(data.COLOURS) + list(data.SHAPES) + data.answer_vocabulary() + [data.DESCRIBE_PROMPT]
+    text += list(data.COLOURS) + list(data.SHAPES) + data.answer_vocabulary() + list(data.DESCRIBE_PROMPTS.values())
     for before, after in (PROMPT_TEMPLATES["qwen2_5_vl"], PROMPT_TEMPLATES["llava"]):
         text += [before, after.format(prompt=" ")]
     for special in CHAT_SPECIALS:

@@ -6,8 +6,10 @@ template, the zoo word tokenizer, the family's image processor), followed by the
     [chat prefix] [image span] [chat suffix with the question] | answer  eos
     labels:          -100 everywhere ...                        | answer  eos
 
-so the answer loss is on the answer only, and greedy decoding stops at eos after the answer word.
-A second, training-only loss (TokenProbe) asks each visual token which shape kind and colour it covers.
+so the answer loss is on the answer only, and greedy decoding stops at eos after the answer word. A question
+example carries up to `turns - 1` more questions about the same image as later chat turns (data.follow_ups).
+Two training-only losses read the visual tokens: TokenProbe (which shape kind and colour each one covers, at
+the decoder's input) and PlaceProbe (which image quadrant it lies in, after PLACE_LAYER decoder layers).
 Requests of a batch are padded on the right (pad id, attention mask 0, label -100).
 Every step draws fresh questions (train indices first..first+examples-1, shuffled by the seed).
 """
@@ -27,11 +29,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..backbones.base import Backbone, MultimodalBatch
 from ..calibration.data import make_batch
+from ..runtime.text import prompt_ids
 from ..fileio import atomic_dir
 from . import data, tokenizer as zoo_tokenizer
 from .models import EMBEDDING_STD, ZOO, image_side, tokens_per_side
 
 IGNORE = -100
+PLACE_LAYER = 2  # PlaceProbe reads the decoder's hidden state after this many layers
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,9 @@ class TrainSettings:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     describe_share: float = 0.5  # share of examples asked to describe the whole scene instead (dense caption)
+    turns: int = 1  # questions per image in a question example: the test question, then turns - 1 follow-ups
     token_loss_weight: float = 1.0  # weight of the visual-token probe loss (TokenProbe); 0 turns it off
+    place_loss_weight: float = 1.0  # weight of the visual-token place loss (PlaceProbe); 0 turns it off
     vision_steps: int = 0  # steps of the vision tower alone on the token labels, first (pretrain_vision)
     seed: int = 0
     threads: int = 1  # torch CPU threads (results are bit-identical only for the same count)
@@ -52,10 +58,10 @@ class TrainSettings:
 
 
 # Sized to end inside 25-26 minutes on one core each, the two models training side by side on 2 cores.
-# A Qwen step costs ~1.7x a LLaVA step (its 576-patch vision tower), and a Qwen vision step ~0.16 s
-# against LLaVA's ~0.03 s, so Qwen gets fewer of both.
-DEFAULTS = {"shapes-qwen2.5-vl": TrainSettings(examples=24000, vision_steps=4000),
-            "shapes-llava": TrainSettings(examples=44000, vision_steps=10000)}
+# A Qwen step costs ~1.6x a LLaVA step (its 576-patch vision tower), and a Qwen vision step ~0.17 s
+# against LLaVA's ~0.03 s, so Qwen gets fewer of both. Five turns cost ~1.2x one.
+DEFAULTS = {"shapes-qwen2.5-vl": TrainSettings(examples=18400, vision_steps=4000, turns=5),
+            "shapes-llava": TrainSettings(examples=40000, vision_steps=10000, turns=5)}
 
 
 def build_model(name: str, seed: int = 0) -> Backbone:
@@ -82,17 +88,22 @@ def processor_for(bb: Backbone, side: int):
     return CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
 
 
-def encode(bb: Backbone, sample: data.Sample, side: int, processor, tokenizer, with_answer: bool = True):
-    """(MultimodalBatch of one request, labels [S] or None): the prompt, then answer + eos when asked."""
+def encode(bb: Backbone, sample: data.Sample, side: int, processor, tokenizer, with_answer: bool = True,
+           follow_ups: tuple[data.Question, ...] = ()):
+    """(MultimodalBatch of one request, labels [S] or None): the prompt, then answer + eos when asked, then each
+    follow-up question as a later turn of the chat (the template without the image) with its answer + eos."""
     batch = make_batch(bb, sample.image(side), sample.question.prompt, tokenizer, processor)
     if not with_answer:
         return batch, None
-    answer = tokenizer.encode(sample.question.answer) + [bb.text_config.eos_token_id]
-    prompt_len = batch.input_ids.shape[1]
-    batch.input_ids = torch.cat([batch.input_ids, torch.tensor([answer])], dim=1)
-    labels = torch.full((batch.input_ids.shape[1],), IGNORE)
-    labels[prompt_len:] = torch.tensor(answer)
-    return batch, labels
+    ids, labels = batch.input_ids[0].tolist(), [IGNORE] * batch.input_ids.shape[1]
+    for turn, question in enumerate((sample.question, *follow_ups)):
+        if turn:
+            before, after = prompt_ids(tokenizer, bb.family, question.prompt, None)
+            ids, labels = ids + before + after, labels + [IGNORE] * len(before + after)
+        answer = tokenizer.encode(question.answer) + [bb.text_config.eos_token_id]
+        ids, labels = ids + answer, labels + answer
+    batch.input_ids = torch.tensor([ids])
+    return batch, torch.tensor(labels)
 
 
 def collate(bb: Backbone, items) -> dict:
@@ -135,6 +146,28 @@ class TokenProbe(torch.nn.Module):
                 + ce(self.colour(features).flatten(0, 1), colours.flatten()))
 
 
+class PlaceProbe(torch.nn.Module):
+    """Training-only linear head: which quadrant of the image (top/bottom half x left/right half) each visual
+    token lies in, read from the decoder's hidden state after PLACE_LAYER layers.
+
+    Position reaches the decoder only as rotary phases (Qwen: M-RoPE, whose column pairs are the slowest;
+    LLaVA: 1-D RoPE over the raster order, plus whatever CLIP's position embeddings leave in the tokens), and a
+    question's answer position is 10-60 tokens away: descriptions named the right row but the right column
+    only 0.53 (Qwen) / 0.82 (LLaVA) of the time. This loss asks the first layers to write each token's place
+    into its content, where a question can find it. Dropped after training, like TokenProbe."""
+
+    def __init__(self, width: int, grid: int):
+        super().__init__()
+        self.head = torch.nn.Linear(width, 4)
+        row, col = torch.arange(grid * grid).div(grid, rounding_mode="floor"), torch.arange(grid * grid) % grid
+        self.register_buffer("targets", 2 * (row >= grid // 2).long() + (col >= grid // 2).long(), persistent=False)
+
+    def loss(self, hidden: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """hidden [B, S, width] decoder states; visual [B, S] True at the visual tokens (grid*grid per row)."""
+        tokens = hidden[visual].view(hidden.shape[0], self.targets.numel(), hidden.shape[-1])
+        return torch.nn.functional.cross_entropy(self.head(tokens).flatten(0, 1), self.targets.repeat(hidden.shape[0]))
+
+
 def param_groups(modules: list[torch.nn.Module], settings: TrainSettings) -> list[dict]:
     """AdamW groups: weight decay on matrices only."""
     named = [item for m in modules for item in m.named_parameters()]
@@ -142,15 +175,17 @@ def param_groups(modules: list[torch.nn.Module], settings: TrainSettings) -> lis
             {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}]
 
 
-def training_sample(index: int, settings: TrainSettings) -> data.Sample:
-    """Train sample `index`; a fixed share of indices (drawn from the index as seed) describe the scene.
+def training_sample(index: int, settings: TrainSettings) -> tuple[data.Sample, tuple[data.Question, ...]]:
+    """Train sample `index` and its follow-up questions; a fixed share of indices (drawn from the index as seed)
+    describe the scene instead, in one turn.
 
     Trained on one-word answers alone, the models stayed at the answer prior for every kind but count
     after 2000 steps; with half the examples describing the scene, LLaVA reached 0.62 in the same steps."""
     sample = data.sample("train", index)
-    if random.Random(index).random() < settings.describe_share:
-        return data.describe(sample)
-    return sample
+    draw = random.Random(index)
+    if draw.random() < settings.describe_share:
+        return data.describe(sample, draw.choice(data.DESCRIBE_ORDERS)), ()
+    return sample, tuple(data.follow_ups(sample, settings.turns - 1))
 
 
 def lr_at(step: int, total: int, settings: TrainSettings) -> float:
@@ -242,7 +277,8 @@ def train(name: str, settings: TrainSettings, progress: Callable[[str], None] = 
     """Train from scratch (or continue from the weights folder `init`); returns the model and a record.
 
     First settings.vision_steps vision steps (pretrain_vision), then the question steps: the whole model on
-    questions and descriptions, per-example answer loss + token_loss_weight * probe loss."""
+    questions and descriptions, per-example answer loss + token_loss_weight * probe loss + place_loss_weight *
+    place loss."""
     torch.set_num_threads(settings.threads)
     if init is not None:
         from ..backbones.registry import load_backbone
@@ -263,7 +299,8 @@ def train(name: str, settings: TrainSettings, progress: Callable[[str], None] = 
     finished = pretrain_vision(bb, probe, settings, side, grid, processor, tokenizer, vision, deadline) \
         if settings.vision_steps else True
 
-    opt = torch.optim.AdamW(param_groups([model] + ([probe] if probe else []), settings), lr=settings.lr)
+    place = PlaceProbe(bb.hidden_size, grid) if settings.place_loss_weight else None
+    opt = torch.optim.AdamW(param_groups([model] + [p for p in (probe, place) if p], settings), lr=settings.lr)
     steps_per_epoch = settings.examples // settings.batch_size
     answers = StepLog("questions", steps_per_epoch * settings.epochs, began, progress)
     order = torch.Generator().manual_seed(settings.seed)
@@ -271,11 +308,17 @@ def train(name: str, settings: TrainSettings, progress: Callable[[str], None] = 
         perm = torch.randperm(settings.examples, generator=order).tolist()
         for i in range(steps_per_epoch):
             idx = perm[i * settings.batch_size:(i + 1) * settings.batch_size]
-            chosen = [training_sample(settings.first_example + j, settings) for j in idx]
-            features, inputs = forward_inputs(bb, [encode(bb, s, side, processor, tokenizer) for s in chosen])
+            chosen, follow_ups = zip(*(training_sample(settings.first_example + j, settings) for j in idx))
+            features, inputs = forward_inputs(bb, [encode(bb, s, side, processor, tokenizer, follow_ups=f)
+                                                   for s, f in zip(chosen, follow_ups)])
             labels = inputs.pop("labels")
-            answer_loss = loss = answer_loss_per_example(model(**inputs).logits, labels)
+            out = model(**inputs, output_hidden_states=bool(place))
+            answer_loss = loss = answer_loss_per_example(out.logits, labels)
             losses = {"loss": float(answer_loss.detach())}
+            if place:
+                place_loss = place.loss(out.hidden_states[PLACE_LAYER], inputs["input_ids"] == bb.image_token_id)
+                loss = loss + settings.place_loss_weight * place_loss
+                losses["place_loss"] = float(place_loss.detach())
             if settings.token_loss_weight:
                 token_loss = probe.loss(features, *token_targets(chosen, side, grid))
                 loss = loss + settings.token_loss_weight * token_loss

@@ -47,52 +47,81 @@ def shape_fill(mask: np.ndarray) -> float:
 FILL = {"square": (0.93, 1.01), "circle": (0.72, 0.86), "cross": (0.54, 0.62), "triangle": (0.4, 0.535)}
 
 
+def assert_answer_read_off_pixels(s: data.Sample, q: data.Question) -> None:
+    """Read the answer of a question about the scene of s back from the rendered pixels."""
+    image = np.asarray(s.image(336))
+    present = {c: colour_mask(image, c) for c in data.COLOURS}
+    present = {c: m for c, m in present.items() if m.sum() > 200}
+    if q.kind == "count":
+        assert data.COUNT_WORDS.index(q.answer) == len(present), (s, q)
+        return
+    # the question names a colour, a shape or both; find the one pixel region it means
+    colour = next((c for c in data.COLOURS if c in q.prompt.split() or f"{c}?" in q.prompt), None)
+    if q.kind == "colour":
+        kind = q.prompt.rstrip("?").split()[-1]
+        matches = [c for c, m in present.items() if FILL[kind][0] <= shape_fill(m) <= FILL[kind][1]]
+        assert matches == [q.answer], (s, q, {c: shape_fill(m) for c, m in present.items()})
+        return
+    mask = present[colour]
+    if q.kind == "shape":
+        lo, hi = FILL[q.answer]
+        assert lo <= shape_fill(mask) <= hi, (s, q, shape_fill(mask))
+        return
+    ys, xs = np.nonzero(mask)
+    centre = xs.mean() if q.kind == "horizontal" else ys.mean()
+    expected = ("left", "right") if q.kind == "horizontal" else ("top", "bottom")
+    assert q.answer == expected[int(centre >= image.shape[0] / 2)], (s, q)
+
+
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_answers_are_right_by_construction(split):
     """Read each answer back from the rendered pixels, independently of the scene description."""
     for s in data.samples(split, 100):
-        image = np.asarray(s.image(336))
-        present = {c: colour_mask(image, c) for c in data.COLOURS}
-        present = {c: m for c, m in present.items() if m.sum() > 200}
-        q = s.question
-        if q.kind == "count":
-            assert data.COUNT_WORDS.index(q.answer) == len(present), s
-            continue
-        # the question names a colour, a shape or both; find the one pixel region it means
-        colour = next((c for c in data.COLOURS if c in q.prompt.split() or f"{c}?" in q.prompt), None)
-        if q.kind == "colour":
-            kind = q.prompt.rstrip("?").split()[-1]
-            matches = [c for c, m in present.items() if FILL[kind][0] <= shape_fill(m) <= FILL[kind][1]]
-            assert matches == [q.answer], (s, {c: shape_fill(m) for c, m in present.items()})
-            continue
-        mask = present[colour]
-        if q.kind == "shape":
-            lo, hi = FILL[q.answer]
-            assert lo <= shape_fill(mask) <= hi, (s, shape_fill(mask))
-            continue
-        ys, xs = np.nonzero(mask)
-        centre = xs.mean() if q.kind == "horizontal" else ys.mean()
-        expected = ("left", "right") if q.kind == "horizontal" else ("top", "bottom")
-        assert q.answer == expected[int(centre >= image.shape[0] / 2)], s
+        assert_answer_read_off_pixels(s, s.question)
 
 
-def test_descriptions_are_right_by_construction():
-    """The training-only description names every shape present, in reading order, as the pixels show it."""
+def test_follow_up_questions_are_right_and_not_given_away_by_earlier_turns():
+    """Follow-ups (training-only later turns) are deterministic, right by the pixels, never repeat a
+    question, and never ask for a colour or shape that earlier turns already say in words."""
+    import re
+
+    lengths = []
+    for s in data.samples("train", 60):
+        ups = data.follow_ups(s, 4)
+        assert ups == data.follow_ups(s, 4) and len(ups) <= 4
+        lengths.append(len(ups))
+        said: set[str] = set()
+        for q in (s.question, *ups):
+            assert_answer_read_off_pixels(s, q)
+            if q.kind in ("colour", "shape"):
+                assert q.answer not in said, (s, ups)
+            said |= set(re.findall(r"\w+", f"{q.prompt} {q.answer}".lower()))
+        prompts = [q.prompt for q in (s.question, *ups)]
+        assert len(set(prompts)) == len(prompts)
+    assert sum(lengths) / len(lengths) > 3  # most conversations get all four
+    assert data.follow_ups(data.sample("train", 0), 0) == []
+
+
+@pytest.mark.parametrize("order", data.DESCRIBE_ORDERS)
+def test_descriptions_are_right_by_construction(order):
+    """The training-only description names every shape present, kind by kind (SHAPES order) or colour by colour
+    (COLOURS order), with its place, as the pixels show it."""
     for s in data.samples("train", 40):
-        described = data.describe(s)
-        assert described.scene == s.scene and described.question.prompt == data.DESCRIBE_PROMPT
+        described = data.describe(s, order)
+        assert described.scene == s.scene and described.question.prompt == data.DESCRIBE_PROMPTS[order]
         words = described.question.answer.split()
         assert len(words) == 4 * len(s.scene.things)
         image = np.asarray(s.image(336))
-        cells = []
-        for colour, kind, row, col in zip(words[0::4], words[1::4], words[2::4], words[3::4]):
+        keys = []
+        for first, second, row, col in zip(words[0::4], words[1::4], words[2::4], words[3::4]):
+            kind, colour = (first, second) if order == "kinds" else (second, first)
+            keys.append(data.SHAPES.index(kind) if order == "kinds" else list(data.COLOURS).index(colour))
             mask = colour_mask(image, colour)
             lo, hi = FILL[kind]
             assert mask.sum() > 200 and lo <= shape_fill(mask) <= hi, (s, colour, kind)
             ys, xs = np.nonzero(mask)
             assert row == ("top", "bottom")[int(ys.mean() >= 168)] and col == ("left", "right")[int(xs.mean() >= 168)]
-            cells.append((row == "bottom", col == "right"))
-        assert cells == sorted(cells)
+        assert keys == sorted(keys)
 
 
 @pytest.mark.parametrize("side,grid", [(168, 12), (336, 12)])

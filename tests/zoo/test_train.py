@@ -57,13 +57,43 @@ def test_saved_folder_loads_with_its_processor(two_runs, tmp_path):
 
 def test_a_fixed_share_of_training_examples_describe_the_scene():
     half = TrainSettings(describe_share=0.5)
-    picked = [training_sample(i, half).question.kind == "describe" for i in range(400)]
-    assert picked == [training_sample(i, half).question.kind == "describe" for i in range(400)]
+    picked = [training_sample(i, half)[0].question.kind == "describe" for i in range(400)]
+    assert picked == [training_sample(i, half)[0].question.kind == "describe" for i in range(400)]
     assert 0.4 < sum(picked) / 400 < 0.6
-    assert not any(training_sample(i, TrainSettings(describe_share=0.0)).question.kind == "describe"
+    assert not any(training_sample(i, TrainSettings(describe_share=0.0))[0].question.kind == "describe"
                    for i in range(100))
     plain = data.sample("train", 3)
-    assert training_sample(3, TrainSettings(describe_share=0.0)) == plain
+    assert training_sample(3, TrainSettings(describe_share=0.0)) == (plain, ())
+    assert training_sample(3, TrainSettings(describe_share=0.0, turns=3)) == (plain, tuple(data.follow_ups(plain, 2)))
+    described = [training_sample(i, TrainSettings(describe_share=0.5, turns=5)) for i, d in enumerate(picked) if d]
+    assert all(follow_ups == () for _, follow_ups in described)
+    assert {s.question.prompt for s, _ in described} == set(data.DESCRIBE_PROMPTS.values())  # both orders drawn
+
+
+def test_follow_up_turns_carry_their_own_answers():
+    """A conversation: the first turn exactly as at inference, then each follow-up as a chat turn without the
+    image; labels on every answer and its eos only."""
+    from halfv_export.runtime.text import prompt_ids
+
+    bb = build_model(NAME)
+    words = tokenizer.load()
+    sample = data.sample("train", 7)
+    ups = data.follow_ups(sample, 2)
+    side = image_side(NAME)
+    first, first_labels = encode(bb, sample, side, processor_for(bb, side), words)
+    batch, labels = encode(bb, sample, side, processor_for(bb, side), words, follow_ups=tuple(ups))
+    ids = batch.input_ids[0].tolist()
+    n = first.input_ids.shape[1]
+    assert ids[:n] == first.input_ids[0].tolist() and labels[:n].tolist() == first_labels.tolist()
+    eos = bb.text_config.eos_token_id
+    expected_ids, expected_labels = [], []
+    for q in ups:
+        before, after = prompt_ids(words, "llava", q.prompt, None)
+        answer = words.encode(q.answer) + [eos]
+        expected_ids += before + after + answer
+        expected_labels += [IGNORE] * len(before + after) + answer
+    assert ids[n:] == expected_ids and labels[n:].tolist() == expected_labels
+    assert words.decode(ids[n:]).count("assistant") == len(ups)
 
 
 def test_training_forward_is_the_models_own():
@@ -113,3 +143,21 @@ def test_answer_loss_weighs_examples_equally():
     long = ce(logits[0, :-1], unequal[0, 1:])
     short = ce(logits[1, 4:5], unequal[1, 5:])
     assert torch.allclose(answer_loss_per_example(logits, unequal), (long + short) / 2)
+
+
+def test_place_probe_reads_each_visual_token_with_its_quadrant(two_runs):
+    """Quadrant targets in raster order (top-left 0, top-right 1, bottom-left 2, bottom-right 3), read only at
+    the visual positions; the place loss is logged in training."""
+    from halfv_export.zoo.train import PlaceProbe
+
+    probe = PlaceProbe(8, grid=4)
+    assert probe.targets.tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3]
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 20, 8)
+    visual = torch.zeros(2, 20, dtype=torch.bool)
+    visual[0, 2:18], visual[1, 3:19] = True, True
+    rows = torch.cat([hidden[0, 2:18], hidden[1, 3:19]])
+    expected = torch.nn.functional.cross_entropy(probe.head(rows), probe.targets.repeat(2))
+    assert torch.allclose(probe.loss(hidden, visual), expected)
+    _, record = two_runs[0]
+    assert "place_loss" in record["loss_curve"][-1]
