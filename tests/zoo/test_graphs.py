@@ -1,6 +1,11 @@
-"""The exported graphs of a trained zoo model answer test questions exactly as the PyTorch reference does."""
+"""The exported graphs of a trained zoo model answer test questions exactly as the PyTorch reference does.
+
+Both shipped profiles calibrate to top-k SSR on the current weights, so the trained LLaVA is also exported with
+its profile switched to freeze (the paper's LLaVA mode): the freeze branch stays checked on a trained model."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -11,10 +16,13 @@ from halfv_export.profile import shipped_profile
 from halfv_export.zoo.eval import evaluate_graphs
 
 
-@pytest.mark.parametrize("name", ["shapes-llava", "shapes-qwen2.5-vl"])
-def test_graphs_answer_like_the_reference(name, tmp_path):
+@pytest.mark.parametrize("name,ssr_mode", [("shapes-llava", None), ("shapes-qwen2.5-vl", None),
+                                           ("shapes-llava", "freeze")])
+def test_graphs_answer_like_the_reference(name, ssr_mode, tmp_path):
     bb = load_backbone(name)
     profile = shipped_profile(name)
+    if ssr_mode is not None:
+        profile = dataclasses.replace(profile, ssr_mode=ssr_mode, ssr_keep=None)
     export_graphs(bb, name, tmp_path / name, PruningPlan.halfv(profile), profile)
     assert (tmp_path / name / "tokenizer.json").is_file()  # the word tokenizer travels with the graphs
     row = evaluate_graphs(bb, name, tmp_path / name, 12)["results"][0]
