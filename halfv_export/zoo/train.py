@@ -29,8 +29,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..backbones.base import Backbone, MultimodalBatch
 from ..calibration.data import make_batch
-from ..runtime.text import prompt_ids
 from ..fileio import atomic_dir
+from ..runtime.text import prompt_ids
 from . import data, tokenizer as zoo_tokenizer
 from .models import EMBEDDING_STD, ZOO, image_side, tokens_per_side
 
