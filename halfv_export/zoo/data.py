@@ -176,8 +176,8 @@ def follow_ups(s: Sample, count: int) -> list[Question]:
 # Training-only descriptions, two orders. Listed kind by kind ("circle red top left square ..."), the word after
 # each kind is that shape's colour: the model has to find the shape by its kind and read its colour, the lookup
 # "What colour is the circle?" needs, four times per example. Colour by colour ("red circle ...") is the lookup of
-# "Which shape is red?". (A reading-order description taught only a scan: LLaVA described 98% of scenes
-# exactly and still answered colour questions at chance-like 0.45, attending to every shape alike.)
+# "Which shape is red?". (Reading-order descriptions never ask for that lookup: with them LLaVA answered colour
+# questions at 0.45-0.56, its attention spread over every shape alike.)
 DESCRIBE_PROMPTS = {"kinds": "Describe the shapes.", "colours": "Describe the colours."}
 DESCRIBE_ORDERS = tuple(DESCRIBE_PROMPTS)
 
