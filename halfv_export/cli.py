@@ -412,7 +412,8 @@ def zoo():
               help="weight of the visual-token probe loss (default 1; 0 turns the probe off)")
 @click.option("--place-loss-weight", type=click.FloatRange(min=0), default=None,
               help="weight of the visual-token place loss (default 1; 0 turns it off)")
-@click.option("--threads", type=int, default=None, callback=positive_int, help="torch CPU threads (default 1)")
+@click.option("--threads", type=int, default=None, callback=positive_int,
+              help="torch CPU threads (default 2; the same count reproduces the weights bit for bit)")
 @click.option("--init", "init", type=click.Path(file_okay=False), default=None,
               help="continue from this weights folder instead of a random init (its train.json is kept)")
 @user_errors

@@ -57,13 +57,15 @@ class TrainSettings:
     time_limit_s: float = 30 * 60  # safety cap: training stops (and saves) when this is spent
 
 
-# Sized to end inside 25-26 minutes on one core each, the two models training side by side on 2 cores.
-# A Qwen step costs ~1.6x a LLaVA step (its 576-patch vision tower), and a Qwen vision step ~0.17 s
-# against LLaVA's ~0.03 s, so Qwen gets fewer of both. Five turns cost ~1.2x one.
+# Sized to end inside 25 minutes on 2 cores (threads=2, one model at a time): measured alone, a LLaVA question step
+# takes 0.14 s and a vision step 0.03 s; Qwen's 0.27 s and 0.13 s (its 576-patch vision tower), so Qwen gets fewer
+# of both. 2 threads run a question step 1.5x faster than 1, so one model on both cores gets 1.5x the steps of
+# the two side by side. Five turns cost ~1.2x one.
 # Qwen without the place loss: with it, two runs scored 0.653 and 0.650 on validation, without it 0.700
 # (README, "Trained shapes models"); LLaVA with it 0.853, without 0.770.
-DEFAULTS = {"shapes-qwen2.5-vl": TrainSettings(examples=18400, vision_steps=4000, turns=5, place_loss_weight=0.0),
-            "shapes-llava": TrainSettings(examples=40000, vision_steps=10000, turns=5)}
+DEFAULTS = {"shapes-qwen2.5-vl": TrainSettings(examples=33600, vision_steps=4000, turns=5, place_loss_weight=0.0,
+                                               threads=2),
+            "shapes-llava": TrainSettings(examples=68000, vision_steps=10000, turns=5, threads=2)}
 
 
 def build_model(name: str, seed: int = 0) -> Backbone:
@@ -213,15 +215,24 @@ def token_targets(chosen: list[data.Sample], side: int, grid: int) -> tuple[torc
     return torch.tensor([k for k, _ in labels]), torch.tensor([c for _, c in labels])
 
 
-def answer_loss_per_example(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def next_labels(labels: torch.Tensor) -> torch.Tensor:
+    """[B, S] the label each position predicts (the next token's), IGNORE where nothing is predicted."""
+    following = torch.full_like(labels, IGNORE)
+    following[:, :-1] = labels[:, 1:]
+    return following
+
+
+def answer_loss_per_example(logits: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy averaged over each example's labelled tokens, then over the examples.
 
+    logits [P, vocab] at the P positions where following [B, S] (next_labels) is labelled, in row-major order:
+    the model computes the vocabulary projection there only (logits_to_keep), 12% of a LLaVA step saved.
     The transformers loss averages over all labelled tokens of the batch, so a 16-word description
     outweighed a one-word answer 8 to 1 and the questions barely trained."""
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
-    counted = (labels != IGNORE).sum(dim=1).clamp(min=1)
-    return (losses.sum(dim=1) / counted).mean()
+    predicted = following != IGNORE
+    losses = torch.nn.functional.cross_entropy(logits, following[predicted], reduction="none")
+    per_example = torch.zeros(following.shape[0], dtype=losses.dtype).index_add(0, predicted.nonzero()[:, 0], losses)
+    return (per_example / predicted.sum(dim=1).clamp(min=1)).mean()
 
 
 def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
@@ -313,9 +324,9 @@ def train(name: str, settings: TrainSettings, progress: Callable[[str], None] = 
             chosen, follow_ups = zip(*(training_sample(settings.first_example + j, settings) for j in idx))
             features, inputs = forward_inputs(bb, [encode(bb, s, side, processor, tokenizer, follow_ups=f)
                                                    for s, f in zip(chosen, follow_ups)])
-            labels = inputs.pop("labels")
-            out = model(**inputs, output_hidden_states=bool(place))
-            answer_loss = loss = answer_loss_per_example(out.logits, labels)
+            following = next_labels(inputs.pop("labels"))
+            out = model(**inputs, output_hidden_states=bool(place), logits_to_keep=following != IGNORE)
+            answer_loss = loss = answer_loss_per_example(out.logits, following)
             losses = {"loss": float(answer_loss.detach())}
             if place:
                 place_loss = place.loss(out.hidden_states[PLACE_LAYER], inputs["input_ids"] == bb.image_token_id)

@@ -131,18 +131,38 @@ def test_vision_stage_teaches_the_probe_and_the_probe_is_not_saved(two_runs):
 def test_answer_loss_weighs_examples_equally():
     """Equal-length answers: the transformers token mean. A long and a short answer: the mean of the two
     examples' own means, so a description does not outweigh a one-word answer."""
-    from halfv_export.zoo.train import answer_loss_per_example
+    from halfv_export.zoo.train import answer_loss_per_example, next_labels
 
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 11)
     equal = torch.tensor([[IGNORE, IGNORE, IGNORE, IGNORE, 3, 4], [IGNORE, IGNORE, IGNORE, IGNORE, 5, 6]])
     ce = torch.nn.functional.cross_entropy
     token_mean = ce(logits[:, :-1].reshape(-1, 11), equal[:, 1:].reshape(-1), ignore_index=IGNORE)
-    assert torch.allclose(answer_loss_per_example(logits, equal), token_mean)
+    following = next_labels(equal)
+    assert torch.allclose(answer_loss_per_example(logits[following != IGNORE], following), token_mean)
     unequal = torch.tensor([[IGNORE, 1, 2, 3, 4, 5], [IGNORE, IGNORE, IGNORE, IGNORE, IGNORE, 6]])
     long = ce(logits[0, :-1], unequal[0, 1:])
     short = ce(logits[1, 4:5], unequal[1, 5:])
-    assert torch.allclose(answer_loss_per_example(logits, unequal), (long + short) / 2)
+    following = next_labels(unequal)
+    assert torch.allclose(answer_loss_per_example(logits[following != IGNORE], following), (long + short) / 2)
+
+
+def test_training_logits_are_the_models_at_the_labelled_positions():
+    """Training asks the model for logits only where a label is predicted (logits_to_keep, a boolean mask):
+    they equal the full forward's logits there, request by request."""
+    from halfv_export.zoo.train import collate, next_labels
+
+    bb = build_model(NAME)
+    side = image_side(NAME)
+    items = [encode(bb, data.sample("train", i), side, processor_for(bb, side), tokenizer.load(),
+                    follow_ups=tuple(data.follow_ups(data.sample("train", i), i))) for i in range(3)]
+    inputs = collate(bb, items)
+    following = next_labels(inputs.pop("labels"))
+    with torch.no_grad():
+        full = bb.model(**inputs).logits
+        kept = bb.model(**inputs, logits_to_keep=following != IGNORE).logits
+    assert kept.shape == (int((following != IGNORE).sum()), full.shape[-1])
+    assert torch.allclose(kept, full[following != IGNORE], atol=1e-5)
 
 
 def test_place_probe_reads_each_visual_token_with_its_quadrant(two_runs):
