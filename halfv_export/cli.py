@@ -411,7 +411,8 @@ def zoo():
 @click.option("--token-loss-weight", type=click.FloatRange(min=0), default=None,
               help="weight of the visual-token probe loss (default 1; 0 turns the probe off)")
 @click.option("--place-loss-weight", type=click.FloatRange(min=0), default=None,
-              help="weight of the visual-token place loss (default 1; 0 turns it off)")
+              help="weight of the visual-token place loss (default: shapes-llava 1, shapes-qwen2.5-vl 0; "
+                   "0 turns it off)")
 @click.option("--threads", type=int, default=None, callback=positive_int,
               help="torch CPU threads (default 2; the same count reproduces the weights bit for bit)")
 @click.option("--init", "init", type=click.Path(file_okay=False), default=None,

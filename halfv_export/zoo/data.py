@@ -162,15 +162,21 @@ def follow_ups(s: Sample, count: int) -> list[Question]:
     ("Which shape is red?" after "Is the red circle left or right?"): it could be read off the text."""
     rng = random.Random(SPLIT_SEEDS[s.split] * 7_000_003 + s.index)
     asked = [s.question]
+    said = words_said(s.question)
     for _ in range(4 * count):
         if len(asked) > count:
             break
         q = make_question(s.scene, rng.choice(QUESTION_KINDS), rng)
-        said = {w for a in asked for w in re.findall(r"\w+", f"{a.prompt} {a.answer}".lower())}
         if q.prompt in (a.prompt for a in asked) or (q.kind in ("colour", "shape") and q.answer in said):
             continue
         asked.append(q)
+        said |= words_said(q)
     return asked[1:]
+
+
+def words_said(q: Question) -> set[str]:
+    """The words of a question and its answer, lower case."""
+    return set(re.findall(r"\w+", f"{q.prompt} {q.answer}".lower()))
 
 
 # Training-only descriptions, two orders. Listed kind by kind ("circle red top left square ..."), the word after
