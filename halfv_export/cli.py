@@ -43,6 +43,26 @@ def positive_int(ctx, param, value):
     return value
 
 
+def kind_weights(ctx, param, value):
+    """'shape=4,horizontal=2' -> weights per zoo data.QUESTION_KINDS (kinds not named: 1); 'even' -> None."""
+    if value is None or value == "even":
+        return value
+    from .zoo.data import QUESTION_KINDS
+
+    weights = dict.fromkeys(QUESTION_KINDS, 1.0)
+    for item in value.split(","):
+        kind, _, number = item.partition("=")
+        if kind.strip() not in weights:
+            raise click.BadParameter(f"{item!r}: expected KIND=WEIGHT with KIND one of {', '.join(QUESTION_KINDS)}")
+        try:
+            weights[kind.strip()] = float(number)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: the weight is not a number") from None
+    if min(weights.values()) < 0 or not sum(weights.values()) > 0:
+        raise click.BadParameter("weights must be >= 0, and not all 0")
+    return tuple(weights.values())
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="halfv-export")
 def cli():
@@ -411,15 +431,18 @@ def zoo():
 @click.option("--token-loss-weight", type=click.FloatRange(min=0), default=None,
               help="weight of the visual-token probe loss (default 1; 0 turns the probe off)")
 @click.option("--place-loss-weight", type=click.FloatRange(min=0), default=None,
-              help="weight of the visual-token place loss (default: shapes-llava 1, shapes-qwen2.5-vl 0; "
-                   "0 turns it off)")
+              help="weight of the visual-token place loss (default 1; 0 turns it off)")
+@click.option("--follow-up-weights", default=None, callback=kind_weights,
+              help="question kinds of the follow-up turns, e.g. 'shape=4,horizontal=2' (kinds not named: 1), or "
+                   "'even' (default: shapes-llava even, shapes-qwen2.5-vl "
+                   "colour=0.5,shape=4,count=0.5,horizontal=2,vertical=2)")
 @click.option("--threads", type=int, default=None, callback=positive_int,
               help="torch CPU threads (default 2; the same count reproduces the weights bit for bit)")
 @click.option("--init", "init", type=click.Path(file_okay=False), default=None,
               help="continue from this weights folder instead of a random init (its train.json is kept)")
 @user_errors
 def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit, first_example, describe_share,
-              turns, vision_steps, token_loss_weight, place_loss_weight, threads, init):
+              turns, vision_steps, token_loss_weight, place_loss_weight, follow_up_weights, threads, init):
     """Train NAME from scratch on the shapes train split (CPU, deterministic, progress on stderr)."""
     import dataclasses
     from pathlib import Path
@@ -430,8 +453,10 @@ def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit, fir
     given = dict(examples=examples, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, time_limit_s=time_limit,
                  first_example=first_example, describe_share=describe_share, turns=turns,
                  vision_steps=vision_steps, token_loss_weight=token_loss_weight,
-                 place_loss_weight=place_loss_weight, threads=threads)
+                 place_loss_weight=place_loss_weight, follow_up_weights=follow_up_weights, threads=threads)
     settings = dataclasses.replace(DEFAULTS[name], **{k: v for k, v in given.items() if v is not None})
+    if follow_up_weights == "even":  # overrides a default mix: kinds drawn uniformly
+        settings = dataclasses.replace(settings, follow_up_weights=None)
     if settings.batch_size > settings.examples:
         raise UserError(f"--batch-size {settings.batch_size} is larger than --examples {settings.examples}")
     if init is not None and not (Path(init) / "config.json").is_file():

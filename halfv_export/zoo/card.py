@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..backbones.registry import load_backbone
 from ..fileio import atomic_path, write_json
-from .data import DESCRIBE_PROMPTS, SHAPE_SIZE
+from .data import DESCRIBE_PROMPTS, QUESTION_KINDS, SHAPE_SIZE
 from .eval import accuracy, by_kind, eval_questions, reference_answers
 from .models import image_side, visual_tokens, weights_dir
 from .train import PLACE_LAYER
@@ -108,8 +108,11 @@ def stage_text(name: str, record: dict, index: int, count: int) -> str:
               f"quadrant from the decoder state after {PLACE_LAYER} layers; dropped after training)"
               if s.get("place_loss_weight") else "")
     turns = s.get("turns", 1)
-    followups = (f", then up to {turns - 1} more questions about the same image as later chat turns, each with its "
-                 f"one-word answer" if turns > 1 else "")
+    weights = s.get("follow_up_weights")
+    mix = (" (kinds drawn with weights " + ", ".join(f"{k} {w:g}" for k, w in zip(QUESTION_KINDS, weights)) + ")"
+           if weights else "")
+    followups = (f", then up to {turns - 1} more questions about the same image as later chat turns{mix}, each with "
+                 f"its one-word answer" if turns > 1 else "")
     return f"""{title}:
 
     halfv-export zoo train {name}{options}

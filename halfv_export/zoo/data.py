@@ -155,18 +155,20 @@ def sample(split: str, index: int) -> Sample:
     return Sample(split, index, scene, make_question(scene, rng.choice(QUESTION_KINDS), rng))
 
 
-def follow_ups(s: Sample, count: int) -> list[Question]:
+def follow_ups(s: Sample, count: int, kind_weights: tuple[float, ...] | None = None) -> list[Question]:
     """Up to `count` more questions about the scene of `s`, for training-only later turns of a conversation
     (one image, several questions, as in LLaVA's conversation data): every question costs a few text tokens
     next to the image's 144 visual ones. A question that earlier turns already answer in words is skipped
-    ("Which shape is red?" after "Is the red circle left or right?"): it could be read off the text."""
+    ("Which shape is red?" after "Is the red circle left or right?"): it could be read off the text.
+    Question kinds are drawn uniformly, or with `kind_weights` (one per QUESTION_KINDS entry)."""
     rng = random.Random(SPLIT_SEEDS[s.split] * 7_000_003 + s.index)
     asked = [s.question]
     said = words_said(s.question)
     for _ in range(4 * count):
         if len(asked) > count:
             break
-        q = make_question(s.scene, rng.choice(QUESTION_KINDS), rng)
+        kind = rng.choice(QUESTION_KINDS) if kind_weights is None else rng.choices(QUESTION_KINDS, kind_weights)[0]
+        q = make_question(s.scene, kind, rng)
         if q.prompt in (a.prompt for a in asked) or (q.kind in ("colour", "shape") and q.answer in said):
             continue
         asked.append(q)

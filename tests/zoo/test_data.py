@@ -102,6 +102,21 @@ def test_follow_up_questions_are_right_and_not_given_away_by_earlier_turns():
     assert data.follow_ups(data.sample("train", 0), 0) == []
 
 
+def test_follow_up_kind_weights_pick_the_kinds_asked():
+    """Weighted follow-ups are deterministic and keep the rules above; a kind of weight 0 is never drawn, and
+    favouring shape questions asks more of them than even draws."""
+    only_shape = (0.0, 1.0, 0.0, 0.0, 0.0)
+    counts = {"even": 0, "weighted": 0}
+    for s in data.samples("train", 60):
+        ups = data.follow_ups(s, 4, only_shape)
+        assert ups == data.follow_ups(s, 4, only_shape)
+        assert all(q.kind == "shape" and q.answer not in data.words_said(s.question) for q in ups)
+        assert len(ups) == len({q.prompt for q in ups})
+        counts["even"] += sum(q.kind == "shape" for q in data.follow_ups(s, 4))
+        counts["weighted"] += sum(q.kind == "shape" for q in data.follow_ups(s, 4, (0.5, 4.0, 0.5, 2.0, 1.0)))
+    assert counts["weighted"] > 1.5 * counts["even"], counts
+
+
 @pytest.mark.parametrize("order", data.DESCRIBE_ORDERS)
 def test_descriptions_are_right_by_construction(order):
     """The training-only description names every shape present, kind by kind (SHAPES order) or colour by colour

@@ -181,3 +181,28 @@ def test_place_probe_reads_each_visual_token_with_its_quadrant(two_runs):
     assert torch.allclose(probe.loss(hidden, visual), expected)
     _, record = two_runs[0]
     assert "place_loss" in record["loss_curve"][-1]
+
+
+@pytest.mark.parametrize("given, recorded", [("shape=4,count=0", [1.0, 4.0, 0.0, 1.0, 1.0]), ("even", None)])
+def test_zoo_train_takes_follow_up_weights(given, recorded, tmp_path):
+    """--follow-up-weights reaches the training settings (train.json records them); 'even' draws kinds uniformly."""
+    from click.testing import CliRunner
+
+    from halfv_export.cli import cli
+
+    out = tmp_path / "weights"
+    result = CliRunner().invoke(cli, ["zoo", "train", NAME, "--examples", "2", "--batch-size", "2", "--vision-steps",
+                                      "0", "--turns", "3", "--follow-up-weights", given, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "train.json").read_text())["settings"]["follow_up_weights"] == recorded
+
+
+@pytest.mark.parametrize("given", ["size=2", "shape=lots", "shape=-1", "colour=0,shape=0,count=0,horizontal=0,vertical=0"])
+def test_zoo_train_refuses_bad_follow_up_weights(given, tmp_path):
+    from click.testing import CliRunner
+
+    from halfv_export.cli import cli
+
+    result = CliRunner().invoke(cli, ["zoo", "train", NAME, "--follow-up-weights", given, "--out", str(tmp_path / "w")])
+    assert result.exit_code == 2 and "--follow-up-weights" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "w").exists()
