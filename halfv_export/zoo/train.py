@@ -58,7 +58,7 @@ class TrainSettings:
     time_limit_s: float = 30 * 60  # safety cap: training stops (and saves) when this is spent
 
 
-# Sized to end in about 26 minutes on 2 cores (threads=2, one model at a time): measured alone, a LLaVA question step
+# Sized to end in about 26-27 minutes on 2 cores (threads=2, one model at a time): measured alone, a LLaVA question step
 # takes 0.14 s and a vision step 0.03 s; Qwen's 0.27 s and 0.13 s (its 576-patch vision tower), so Qwen gets fewer
 # of both. 2 threads run a question step 1.5x faster than 1, so one model on both cores gets 1.5x the steps of
 # the two side by side. Five turns cost ~1.2x one.
