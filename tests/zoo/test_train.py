@@ -6,8 +6,10 @@ import json
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from halfv_export.backbones import load_backbone
+from halfv_export.cli import cli
 from halfv_export.zoo import data, tokenizer
 from halfv_export.zoo.models import image_side
 from halfv_export.zoo.train import (IGNORE, TrainSettings, build_model, encode, processor_for, save, train,
@@ -186,10 +188,6 @@ def test_place_probe_reads_each_visual_token_with_its_quadrant(two_runs):
 @pytest.mark.parametrize("given, recorded", [("shape=4,count=0", [1.0, 4.0, 0.0, 1.0, 1.0]), ("even", None)])
 def test_zoo_train_takes_follow_up_weights(given, recorded, tmp_path):
     """--follow-up-weights reaches the training settings (train.json records them); 'even' draws kinds uniformly."""
-    from click.testing import CliRunner
-
-    from halfv_export.cli import cli
-
     out = tmp_path / "weights"
     result = CliRunner().invoke(cli, ["zoo", "train", NAME, "--examples", "2", "--batch-size", "2", "--vision-steps",
                                       "0", "--turns", "3", "--follow-up-weights", given, "--out", str(out)])
@@ -199,10 +197,6 @@ def test_zoo_train_takes_follow_up_weights(given, recorded, tmp_path):
 
 @pytest.mark.parametrize("given", ["size=2", "shape=lots", "shape=-1", "colour=0,shape=0,count=0,horizontal=0,vertical=0"])
 def test_zoo_train_refuses_bad_follow_up_weights(given, tmp_path):
-    from click.testing import CliRunner
-
-    from halfv_export.cli import cli
-
     result = CliRunner().invoke(cli, ["zoo", "train", NAME, "--follow-up-weights", given, "--out", str(tmp_path / "w")])
     assert result.exit_code == 2 and "--follow-up-weights" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "w").exists()
