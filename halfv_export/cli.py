@@ -432,6 +432,9 @@ def zoo():
               help="weight of the visual-token probe loss (default 1; 0 turns the probe off)")
 @click.option("--place-loss-weight", type=click.FloatRange(min=0), default=None,
               help="weight of the visual-token place loss (default 1; 0 turns it off)")
+@click.option("--mention-loss-weight", type=click.FloatRange(min=0), default=None,
+              help="weight of the mention place loss: each text word naming a shape learns that shape's image "
+                   "quadrant (default: shapes-qwen2.5-vl 1, shapes-llava 0 = off)")
 @click.option("--follow-up-weights", default=None, callback=kind_weights,
               help="question kinds of the follow-up turns, e.g. 'shape=4,horizontal=2' (kinds not named: 1), or "
                    "'even' (default: shapes-llava even, shapes-qwen2.5-vl "
@@ -442,7 +445,8 @@ def zoo():
               help="continue from this weights folder instead of a random init (its train.json is kept)")
 @user_errors
 def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit, first_example, describe_share,
-              turns, vision_steps, token_loss_weight, place_loss_weight, follow_up_weights, threads, init):
+              turns, vision_steps, token_loss_weight, place_loss_weight, mention_loss_weight, follow_up_weights, threads,
+              init):
     """Train NAME from scratch on the shapes train split (CPU, deterministic, progress on stderr)."""
     import dataclasses
     from pathlib import Path
@@ -453,7 +457,8 @@ def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit, fir
     given = dict(examples=examples, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, time_limit_s=time_limit,
                  first_example=first_example, describe_share=describe_share, turns=turns,
                  vision_steps=vision_steps, token_loss_weight=token_loss_weight,
-                 place_loss_weight=place_loss_weight, follow_up_weights=follow_up_weights, threads=threads)
+                 place_loss_weight=place_loss_weight, mention_loss_weight=mention_loss_weight,
+                 follow_up_weights=follow_up_weights, threads=threads)
     settings = dataclasses.replace(DEFAULTS[name], **{k: v for k, v in given.items() if v is not None})
     if follow_up_weights == "even":  # overrides a default mix: kinds drawn uniformly
         settings = dataclasses.replace(settings, follow_up_weights=None)

@@ -10,7 +10,7 @@ from ..fileio import atomic_path, write_json
 from .data import DESCRIBE_PROMPTS, QUESTION_KINDS, SHAPE_SIZE
 from .eval import accuracy, by_kind, eval_questions, reference_answers
 from .models import image_side, visual_tokens, weights_dir
-from .train import PLACE_LAYER
+from .train import MENTION_LAYER, PLACE_LAYER
 
 SUBSET = 50  # the fixed subset tests re-measure (first 50 test questions)
 
@@ -107,6 +107,9 @@ def stage_text(name: str, record: dict, index: int, count: int) -> str:
     probe += (f" + {s['place_loss_weight']} x a place loss (a linear probe names each visual token's image "
               f"quadrant from the decoder state after {PLACE_LAYER} layers; dropped after training)"
               if s.get("place_loss_weight") else "")
+    probe += (f" + {s['mention_loss_weight']} x a mention loss (a linear probe names, at each text word naming a "
+              f"shape, that shape's image quadrant from the decoder state after {MENTION_LAYER} layers; dropped after "
+              f"training)" if s.get("mention_loss_weight") else "")
     turns = s.get("turns", 1)
     weights = s.get("follow_up_weights")
     mix = (" (kinds drawn with weights " + ", ".join(f"{k} {w:g}" for k, w in zip(QUESTION_KINDS, weights)) + ")"

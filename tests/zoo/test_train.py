@@ -185,6 +185,40 @@ def test_place_probe_reads_each_visual_token_with_its_quadrant(two_runs):
     assert "place_loss" in record["loss_curve"][-1]
 
 
+def test_mention_probe_targets_each_word_naming_a_shape_with_its_quadrant():
+    """After the image, every kind or colour word of the scene (in questions, answers and follow-ups) is labelled
+    with that shape's quadrant 2 * row + col; nothing else is, and the loss is the cross-entropy there."""
+    from halfv_export.zoo.train import MentionProbe
+
+    bb, words = build_model(NAME), tokenizer.load()
+    sample = next(s for s in data.samples("train", 50) if len(s.scene.things) >= 3)
+    follow = tuple(data.follow_ups(sample, 4, (1.0, 1.0, 0.0, 1.0, 1.0)))
+    batch, _ = encode(bb, sample, image_side(NAME), processor_for(bb, image_side(NAME)), words, follow_ups=follow)
+    ids = batch.input_ids
+    targets = MentionProbe.targets([sample], ids, bb.image_token_id, words)
+    quadrant = {w: 2 * t.row + t.col for t in sample.scene.things for w in (t.kind, t.colour)}
+    after = int((ids[0] == bb.image_token_id).nonzero().max()) + 1
+    expected = [quadrant.get(words.decode([i]), IGNORE) if p >= after else IGNORE for p, i in enumerate(ids[0].tolist())]
+    assert targets[0].tolist() == expected
+    assert sum(t != IGNORE for t in expected) >= 1 + len(follow)  # every question here names a shape
+    probe = MentionProbe(8)
+    hidden = torch.randn(1, ids.shape[1], 8)
+    named = targets != IGNORE
+    assert torch.allclose(probe.loss(hidden, targets), torch.nn.functional.cross_entropy(
+        probe.head(hidden[named]), targets[named]))
+    assert probe.loss(hidden, torch.full_like(targets, IGNORE)) == 0  # a batch naming no shape adds nothing
+
+
+def test_zoo_train_records_the_mention_loss(tmp_path):
+    out = tmp_path / "weights"
+    result = CliRunner().invoke(cli, ["zoo", "train", NAME, "--examples", "2", "--batch-size", "2", "--vision-steps",
+                                      "0", "--mention-loss-weight", "0.5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "train.json").read_text())
+    assert record["settings"]["mention_loss_weight"] == 0.5
+    assert "mention_loss" in record["loss_curve"][-1]
+
+
 @pytest.mark.parametrize("given, recorded", [("shape=4,count=0", [1.0, 4.0, 0.0, 1.0, 1.0]), ("even", None)])
 def test_zoo_train_takes_follow_up_weights(given, recorded, tmp_path):
     """--follow-up-weights reaches the training settings (train.json records them); 'even' draws kinds uniformly."""
