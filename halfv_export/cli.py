@@ -434,7 +434,7 @@ def zoo():
               help="weight of the visual-token place loss (default 1; 0 turns it off)")
 @click.option("--mention-loss-weight", type=click.FloatRange(min=0), default=None,
               help="weight of the mention place loss: each text word naming a shape learns that shape's image "
-                   "quadrant (default: shapes-qwen2.5-vl 1, shapes-llava 0 = off)")
+                   "quadrant (default 1; 0 turns it off)")
 @click.option("--follow-up-weights", default=None, callback=kind_weights,
               help="question kinds of the follow-up turns, e.g. 'shape=4,horizontal=2' (kinds not named: 1), or "
                    "'even' (default: shapes-llava even, shapes-qwen2.5-vl "

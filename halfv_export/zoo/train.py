@@ -53,7 +53,7 @@ class TrainSettings:
     follow_up_weights: tuple[float, ...] | None = None  # follow-up kind weights, per data.QUESTION_KINDS (None: even)
     token_loss_weight: float = 1.0  # weight of the visual-token probe loss (TokenProbe); 0 turns it off
     place_loss_weight: float = 1.0  # weight of the visual-token place loss (PlaceProbe); 0 turns it off
-    mention_loss_weight: float = 0.0  # weight of the mention place loss (MentionProbe); 0 turns it off
+    mention_loss_weight: float = 1.0  # weight of the mention place loss (MentionProbe); 0 turns it off
     vision_steps: int = 0  # steps of the vision tower alone on the token labels, first (pretrain_vision)
     seed: int = 0
     threads: int = 1  # torch CPU threads (results are bit-identical only for the same count)
@@ -67,12 +67,11 @@ class TrainSettings:
 # Qwen's follow-ups favour "Which shape is <colour>?" and the position questions (weights per data.QUESTION_KINDS):
 # drawn evenly, shape questions were 13% of its question turns and it answered them at 0.65 on validation, near
 # chance among the shapes present. With this mix and the place loss: 0.88 on validation, shape 1.00, but position
-# 0.73 (right on one-shape scenes, near chance on four). The mention loss (MentionProbe) took it to 0.997 (README,
-# "Trained shapes models", for the runs in between). LLaVA keeps even draws (0.92 on validation).
+# 0.73 (right on one-shape scenes, near chance on four). The mention loss (MentionProbe) took it to 0.997 and LLaVA
+# (even draws) from 0.92 to 1.00 (README, "Trained shapes models", for the runs in between).
 QWEN_FOLLOW_UP_WEIGHTS = (0.5, 4.0, 0.5, 2.0, 2.0)
 DEFAULTS = {"shapes-qwen2.5-vl": TrainSettings(examples=33600, vision_steps=4000, turns=5,
-                                               follow_up_weights=QWEN_FOLLOW_UP_WEIGHTS, mention_loss_weight=1.0,
-                                               threads=2),
+                                               follow_up_weights=QWEN_FOLLOW_UP_WEIGHTS, threads=2),
             "shapes-llava": TrainSettings(examples=68000, vision_steps=10000, turns=5, threads=2)}
 
 
