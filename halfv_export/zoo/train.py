@@ -8,8 +8,9 @@ template, the zoo word tokenizer, the family's image processor), followed by the
 
 so the answer loss is on the answer only, and greedy decoding stops at eos after the answer word. A question
 example carries up to `turns - 1` more questions about the same image as later chat turns (data.follow_ups).
-Two training-only losses read the visual tokens: TokenProbe (which shape kind and colour each one covers, at
-the decoder's input) and PlaceProbe (which image quadrant it lies in, after PLACE_LAYER decoder layers).
+Three training-only losses: TokenProbe (which shape kind and colour each visual token covers, at the decoder's
+input), PlaceProbe (which image quadrant it lies in, after PLACE_LAYER decoder layers) and MentionProbe (at each
+text word naming a shape, that shape's quadrant, after MENTION_LAYER layers).
 Requests of a batch are padded on the right (pad id, attention mask 0, label -100).
 Every step draws fresh questions (train indices first..first+examples-1, shuffled by the seed).
 """
