@@ -190,17 +190,17 @@ class MentionProbe(torch.nn.Module):
     right (0.99-1.00) and position questions at 0.73, right for every one-shape scene and near chance with
     three or four shapes. This loss asks the naming words to fetch the place too. Dropped after training."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, tokenizer):
         super().__init__()
         self.head = torch.nn.Linear(width, data.GRID * data.GRID)
+        self.word_ids = {word: tokenizer.encode(word)[0] for word in (*data.SHAPES, *data.COLOURS)}  # one id per word
 
-    @staticmethod
-    def targets(samples: list[data.Sample], input_ids: torch.Tensor, image_token_id: int, tokenizer) -> torch.Tensor:
+    def targets(self, samples: list[data.Sample], input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
         """[B, S] the quadrant (2 * row + col) of the shape each text token after the image names, IGNORE elsewhere
         (kinds and colours are distinct within a scene, so a word names one shape)."""
         out = torch.full_like(input_ids, IGNORE)
         for row, s in enumerate(samples):
-            named = {tokenizer.encode(word)[0]: data.GRID * t.row + t.col for t in s.scene.things
+            named = {self.word_ids[word]: data.GRID * t.row + t.col for t in s.scene.things
                      for word in (t.kind, t.colour)}
             after = int((input_ids[row] == image_token_id).nonzero().max()) + 1
             out[row, after:] = torch.tensor([named.get(i, IGNORE) for i in input_ids[row, after:].tolist()])
@@ -355,7 +355,7 @@ def train(name: str, settings: TrainSettings, progress: Callable[[str], None] = 
         if settings.vision_steps else True
 
     place = PlaceProbe(bb.hidden_size, grid) if settings.place_loss_weight else None
-    mention = MentionProbe(bb.hidden_size) if settings.mention_loss_weight else None
+    mention = MentionProbe(bb.hidden_size, tokenizer) if settings.mention_loss_weight else None
     opt = torch.optim.AdamW(param_groups([model] + [p for p in (probe, place, mention) if p], settings), lr=settings.lr)
     steps_per_epoch = settings.examples // settings.batch_size
     answers = StepLog("questions", steps_per_epoch * settings.epochs, began, progress)
@@ -376,7 +376,7 @@ def train(name: str, settings: TrainSettings, progress: Callable[[str], None] = 
                 loss = loss + settings.place_loss_weight * place_loss
                 losses["place_loss"] = float(place_loss.detach())
             if mention:
-                targets = MentionProbe.targets(chosen, inputs["input_ids"], bb.image_token_id, tokenizer)
+                targets = mention.targets(chosen, inputs["input_ids"], bb.image_token_id)
                 mention_loss = mention.loss(out.hidden_states[MENTION_LAYER], targets)
                 loss = loss + settings.mention_loss_weight * mention_loss
                 losses["mention_loss"] = float(mention_loss.detach())

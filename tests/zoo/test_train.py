@@ -195,13 +195,13 @@ def test_mention_probe_targets_each_word_naming_a_shape_with_its_quadrant():
     follow = tuple(data.follow_ups(sample, 4, (1.0, 1.0, 0.0, 1.0, 1.0)))
     batch, _ = encode(bb, sample, image_side(NAME), processor_for(bb, image_side(NAME)), words, follow_ups=follow)
     ids = batch.input_ids
-    targets = MentionProbe.targets([sample], ids, bb.image_token_id, words)
+    probe = MentionProbe(8, words)
+    targets = probe.targets([sample], ids, bb.image_token_id)
     quadrant = {w: 2 * t.row + t.col for t in sample.scene.things for w in (t.kind, t.colour)}
     after = int((ids[0] == bb.image_token_id).nonzero().max()) + 1
     expected = [quadrant.get(words.decode([i]), IGNORE) if p >= after else IGNORE for p, i in enumerate(ids[0].tolist())]
     assert targets[0].tolist() == expected
     assert sum(t != IGNORE for t in expected) >= 1 + len(follow)  # every question here names a shape
-    probe = MentionProbe(8)
     hidden = torch.randn(1, ids.shape[1], 8)
     named = targets != IGNORE
     assert torch.allclose(probe.loss(hidden, targets), torch.nn.functional.cross_entropy(
