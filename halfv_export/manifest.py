@@ -10,8 +10,9 @@ Torch-free: the runtime, Triton models and Jetson bundles read it.
   "config": {"num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size",
              "image_token_id", "position_rows" (3 Qwen M-RoPE | 1), "eos_token_id", ...},
   "visual_tokens": {"min": int, "opt": int, "max": int},   # range the graphs are meant for
-  "graphs": {"<role>": {"file": "prefill.onnx", "data": "prefill.onnx.data" | null, "sha256": {file: hex},
+  "graphs": {"<role>": {"file": "prefill.onnx", "data": "decoder.onnx.data" | null, "sha256": {file: hex},
                         "inputs": [{"name", "dtype", "shape": [int | "dim_name"]}], "outputs": [...]}},
+  "data_files": {"decoder.onnx.data": {"sha256": hex, "bytes": int}},   # shared weights, hashed once
   "versions": {"halfv_export", "torch", "transformers", "onnx", ...}
 }
 """
@@ -27,6 +28,7 @@ from .fileio import read_json_object, write_json
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+DATA_FILES = "data_files"  # weights shared by several graphs: one file, one hash
 
 # The per-layer KV cache tensors of the graphs: prefill and decode output present.{i}.key/value, decode takes
 # the previous step's as past.{i}.key/value. Every module that feeds or reads them spells them here.
@@ -84,13 +86,21 @@ class Manifest(dict):
     def path(self, role: str) -> Path:
         return self.folder / self.graph(role)["file"]
 
+    def files(self) -> dict[str, str]:
+        """Every file the graphs need -> its sha256: each graph's own files and the shared data files, once."""
+        files = {}
+        for entry in self.get("graphs", {}).values():
+            files.update(entry.get("sha256", {}))
+        for name, entry in (self.get(DATA_FILES) or {}).items():
+            files[name] = entry["sha256"]
+        return files
+
     def verify(self) -> None:
-        """Every listed file exists and matches its sha256."""
-        for role, entry in self.get("graphs", {}).items():
-            for name, expected in entry.get("sha256", {}).items():
-                path = self.folder / name
-                if not path.is_file():
-                    raise UserError(f"{self.folder}: {role} file {name} is missing")
+        """Every listed file exists and matches its sha256 (a shared data file is hashed once)."""
+        for name, expected in self.files().items():
+            path = self.folder / name
+            if not path.is_file():
+                raise UserError(f"{self.folder}: graph file {name} is missing")
                 if sha256_file(path) != expected:
                     raise UserError(f"{self.folder}: {name} does not match its sha256 in {MANIFEST_NAME} "
                                     f"(modified or corrupt; export again)")

@@ -13,7 +13,6 @@ as in the reference. Expected agreement with the fp32 reference is looser: see F
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import logging
 import shutil
@@ -27,22 +26,25 @@ import onnx_ir as ir
 import torch
 
 from ..backbones.base import Backbone
+from ..backbones.checkpoint import ModelWeights, materialize, skeleton_model
 from ..errors import UserError
 from ..fileio import atomic_dir
-from ..manifest import SCHEMA_VERSION, Manifest, sha256_file
+from ..manifest import DATA_FILES, SCHEMA_VERSION, Manifest, sha256_file
 from ..method.plan import PruningPlan
 from ..profile import Profile, keep_count
+from ..progress import step
 from ..versions import library_versions
 from . import naming
 from .fps import translation_table
 from .lint import check_topk_bound
 from .vision import export_vision
+from .weights import WeightFile, bind, check_weights_external, save_graph
 from .wrappers import GraphSpec, decode_spec, embed_spec, prefill_spec
 
 OPSETS = tuple(range(18, 24))  # the dynamo exporter has no implementations below 18
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 EXPORTABLE_SELECTORS = ("fps", "oneshot", "fastv", "oracle")  # "random" draws with Python ints: not traceable
-EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
+DECODER_DATA = "decoder.onnx.data"  # the embed, prefill and decode graphs' one copy of the decoder weights
 TOPK_LIMIT = 3840  # TensorRT's largest TopK K
 MAX_VISUAL_TOKENS = 16384
 # Max |logits| difference allowed between an fp16 graph and the fp32 reference (fp32 graphs: 1e-4).
@@ -134,51 +136,63 @@ def check_graph(model: ir.Model, role: str) -> None:
                 raise RuntimeError(f"{role}: Loop {node.name} has scan outputs (TensorRT forbids dynamic ones)")
 
 
-def _export_one(spec: GraphSpec, opset: int) -> ir.Model:
+def _trace(spec: GraphSpec, opset: int) -> ir.Model:
+    """The graph of a meta-device module: weight initializers are placeholders (see weights.bind)."""
     naming.register_anchors()
     module = spec.module.eval()
-    with _quiet_exporter(), torch.no_grad():
+    args = tuple(a.to("meta") for a in spec.args)
+    with _quiet_exporter(), torch.no_grad(), torch.device("meta"):
         program = torch.onnx.export(
-            module, spec.args, dynamo=True, opset_version=opset, input_names=spec.input_names,
+            module, args, dynamo=True, opset_version=opset, input_names=spec.input_names,
             output_names=spec.output_names, dynamic_shapes=spec.dynamic_shapes,
-            custom_translation_table=translation_table(), verbose=False, report=False, optimize=True)
-    model = program.model
+            custom_translation_table=translation_table(), verbose=False, report=False, optimize=False)
+    return program.model
+
+
+def _export_decoder_graph(spec: GraphSpec, opset: int, hf_model, file: WeightFile, path: Path) -> ir.Model:
+    """Trace, bind the weights into the shared data file, optimise (as torch.onnx does), check, save."""
+    import onnxscript.optimizer
+    import onnxscript.rewriter.onnx_fusions
+
+    model = _trace(spec, opset)
+    bind(model, spec.module, hf_model, file)
+    file.flush()  # the optimiser may read small weights back while folding
+    onnxscript.optimizer.optimize_ir(model)
+    onnxscript.rewriter.onnx_fusions.fuse(model)
     naming.name_pruning_nodes(model)
     check_graph(model, spec.role)
+    check_weights_external(model, spec.role)
+    save_graph(model, path)
     return model
 
 
-def _save(model: ir.Model, folder: Path, file: str) -> str | None:
-    """Write the graph; weights go to one `<file>.data` next to it when they would pass 2 GB."""
-    size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    if size > EXTERNAL_DATA_BYTES:
-        data = f"{file}.data"
-        ir.save(model, folder / file, external_data=data)
-        return data
-    ir.save(model, folder / file)
-    return None
+def decoder_keys(model) -> set[str]:
+    """State-dict keys of the text decoder and lm_head (everything else belongs to the vision side)."""
+    ids = set()
+    for module in (model.model.language_model, model.lm_head):
+        ids |= {id(t) for t in list(module.parameters()) + list(module.buffers())}
+    return {k for k, t in model.state_dict(keep_vars=True).items() if id(t) in ids}
 
 
-def _in_dtype(bb: Backbone, dtype) -> Backbone:
-    """`bb` itself when its weights already have `dtype` (the CLI loads them so), else a converted copy."""
-    if next(bb.model.parameters()).dtype == dtype:
-        return bb
-    return type(bb)(copy.deepcopy(bb.model).to(dtype))
-
-
-def _copy_tokenizer(bb: Backbone, folder: Path) -> None:
+def _copy_tokenizer(bb: Backbone, weights, folder: Path) -> None:
     """The checkpoint's tokenizer.json travels with the graphs (the runtime reads it, torch-free)."""
-    source = Path(getattr(bb.model, "name_or_path", "") or "") / "tokenizer.json"
+    checkpoint = getattr(weights, "folder", None) or getattr(bb.model, "name_or_path", "") or ""
+    source = Path(checkpoint) / "tokenizer.json"
     if source.is_file():
         shutil.copyfile(source, folder / "tokenizer.json")
 
 
 def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | None, profile: Profile | None,
                   opset: int = 20, dtype: str = "fp32", progress: Callable[[str], None] | None = None,
-                  visual_tokens: tuple[int, int, int] | None = None, roles: tuple = ROLES) -> Manifest:
+                  visual_tokens: tuple[int, int, int] | None = None, roles: tuple = ROLES,
+                  weights=None) -> Manifest:
     """Export vision.onnx, embed.onnx, prefill.onnx and decode.onnx for `bb` into `out_dir` (replaced as a whole).
 
     `roles` picks a subset (e.g. only "prefill" to time several plans); the manifest lists what was written.
+    `weights` is where the tensors come from (backbones.checkpoint.CheckpointWeights streams them from a
+    checkpoint; default: `bb`'s own in-memory model). The graphs are traced on a meta-device copy of the
+    model, and each weight is read, converted to `dtype` and written once, so memory stays near one
+    tensor for the decoder (the vision tower is materialised whole: it is a small part of the model).
     """
     if not roles or any(role not in ROLES for role in roles):
         raise UserError(f"roles must be a non-empty subset of {ROLES}, got {roles}")
@@ -200,35 +214,51 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
         check_topk_bound(profile, visual_tokens[2])  # TensorRT's TopK K limit at the largest N
     say = progress or (lambda line: None)
     torch_dtype = DTYPES[dtype]
-    bb = _in_dtype(bb, torch_dtype)
-
-    builders = {"embed": lambda: embed_spec(bb), "prefill": lambda: prefill_spec(bb, plan, torch_dtype),
-                "decode": lambda: decode_spec(bb, torch_dtype)}
-    graphs = {}
+    weights = weights if weights is not None else ModelWeights(bb.model)
+    traced = type(bb)(skeleton_model(type(bb.model), bb.config, torch_dtype))  # no weight storage
+    decoder = decoder_keys(traced.model)
+    builders = {"embed": lambda: embed_spec(traced), "prefill": lambda: prefill_spec(traced, plan, torch_dtype),
+                "decode": lambda: decode_spec(traced, torch_dtype)}
+    graphs, data_files = {}, {}
     with atomic_dir(out_dir) as tmp:
         if "vision" in roles:
             start = time.perf_counter()
-            graphs["vision"] = export_vision(bb, tmp / "vision.onnx", opset)
+            vision_keys = [k for k in traced.model.state_dict() if k not in decoder]
+            vision = type(bb)(skeleton_model(type(bb.model), bb.config, torch_dtype))
+            with step("export: vision weights", total=len(vision_keys), unit="tensors", enabled=progress is not None) \
+                    as advance:
+                for key in vision_keys:
+                    materialize(vision.model, [key], weights, torch_dtype)
+                    advance(1)
+            say("[export] vision.onnx ...")
+            graphs["vision"] = export_vision(vision, tmp / "vision.onnx", opset)
+            del vision
             graphs["vision"]["export_seconds"] = round(time.perf_counter() - start, 2)
             say(f"[export] vision.onnx: {graphs['vision']['export_seconds']:.1f} s")
-        _copy_tokenizer(bb, tmp)
-        for role in ROLES[1:]:
-            if role not in roles:
-                continue
-            spec = builders[role]()
-            say(f"[export] {role}.onnx ...")
-            start = time.perf_counter()
-            model = _export_one(spec, opset)
-            file = f"{spec.role}.onnx"
-            data = _save(model, tmp, file)
-            onnx.checker.check_model(str(tmp / file), full_check=True)
-            files = [file] + ([data] if data else [])
-            graphs[spec.role] = {"file": file, "data": data, "sha256": {f: sha256_file(tmp / f) for f in files},
-                                 "inputs": _io(model.graph.inputs), "outputs": _io(model.graph.outputs),
-                                 "nodes": sum(1 for _ in model.graph.all_nodes()),
-                                 "export_seconds": round(time.perf_counter() - start, 2)}
-            say(f"[export] {spec.role}.onnx: {graphs[spec.role]['nodes']} nodes, "
-                f"{graphs[spec.role]['export_seconds']:.1f} s")
+        _copy_tokenizer(bb, weights, tmp)
+        decoder_roles = [role for role in ROLES[1:] if role in roles]
+        if decoder_roles:
+            total = sum(t.numel() * t.element_size() for k, t in traced.model.state_dict().items() if k in decoder)
+            with step("export: decoder weights", total=total, unit="B", enabled=progress is not None) as advance:
+                file = WeightFile(tmp, DECODER_DATA, weights, torch_dtype, advance)
+                try:
+                    for role in decoder_roles:
+                        spec = builders[role]()
+                        say(f"[export] {role}.onnx ...")
+                        start = time.perf_counter()
+                        name = f"{role}.onnx"
+                        model = _export_decoder_graph(spec, opset, traced.model, file, tmp / name)
+                        file.flush()
+                        onnx.checker.check_model(str(tmp / name), full_check=True)
+                        graphs[role] = {"file": name, "data": DECODER_DATA, "sha256": {name: sha256_file(tmp / name)},
+                                        "inputs": _io(model.graph.inputs), "outputs": _io(model.graph.outputs),
+                                        "nodes": sum(1 for _ in model.graph.all_nodes()),
+                                        "export_seconds": round(time.perf_counter() - start, 2)}
+                        say(f"[export] {role}.onnx: {graphs[role]['nodes']} nodes, "
+                            f"{graphs[role]['export_seconds']:.1f} s")
+                finally:
+                    file.close()
+            data_files[DECODER_DATA] = {"sha256": sha256_file(tmp / DECODER_DATA), "bytes": file.bytes}
         content = {
             "schema_version": SCHEMA_VERSION, "kind": "graphs", "model": model_name, "backbone": bb.family,
             "profile": profile.to_dict() if profile is not None else None,
@@ -236,7 +266,7 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
             "plan": dataclasses.asdict(plan) if plan is not None else None,
             "opset": opset, "dtype": dtype, "config": _config(bb),
             "visual_tokens": dict(zip(("min", "opt", "max"), visual_tokens)),
-            "graphs": graphs, "versions": library_versions(LIBRARIES),
+            "graphs": graphs, DATA_FILES: data_files, "versions": library_versions(LIBRARIES),
         }
         Manifest(content, tmp).save()
     manifest = Manifest(content, out_dir)

@@ -1,0 +1,155 @@
+"""Weights without the model: a meta-device skeleton, and tensors read one at a time from where they live.
+
+A 7B checkpoint does not fit twice in memory, so nothing here builds the whole model with weights:
+
+    skeleton(entry, config, dtype)   the transformers model on the meta device (names, shapes, dtypes),
+                                     with its non-persistent buffers (rotary inv_freq, position ids)
+                                     computed for real by transformers' own _init_weights
+    CheckpointWeights(folder, model) safetensors shards (+ index), checkpoint names mapped to the model's
+                                     names by transformers' own conversion mapping, one tensor per call
+    ModelWeights(model)              the same interface over an in-memory model (tiny and zoo models)
+    materialize(model, keys, source) gives the listed parameters real storage from a source
+
+Both sources hand out a tensor converted to the requested dtype, so the exporter and the layer-streamed
+reference hold one tensor (or one layer) at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def skeleton_model(hf_class, config, dtype=torch.float32):
+    """`hf_class(config)` on the meta device in `dtype`; non-persistent buffers real, on the CPU."""
+    with torch.device("meta"):
+        model = hf_class(config)
+    model = model.to(dtype).eval()
+    owners = set()
+    for key, buffer in list(model.named_non_persistent_buffers()):
+        path, _, name = key.rpartition(".")
+        module = model.get_submodule(path)
+        module._buffers[name] = torch.empty_like(buffer, device="cpu")
+        owners.add(path)
+    for path in sorted(owners):  # transformers recomputes rotary frequencies and position ids here
+        model._init_weights(model.get_submodule(path))
+    return model
+
+
+def skeleton(entry, config=None, dtype=torch.float32):
+    """The registry entry's Backbone around a skeleton model (no weight storage)."""
+    config = config if config is not None else entry.make_config()
+    return entry.backbone(skeleton_model(entry.backbone.hf_class, config, dtype))
+
+
+def _tied_sources(model) -> dict:
+    """{tied key: the key whose tensor it shares} (lm_head.weight -> embed_tokens.weight when tied)."""
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    return dict(tied)
+
+
+class ModelWeights:
+    """Tensors of an in-memory model by state-dict key, converted on the way out."""
+
+    def __init__(self, model):
+        self.state = model.state_dict()
+
+    def keys(self):
+        return self.state.keys()
+
+    def tensor(self, key: str, dtype) -> torch.Tensor:
+        return self.state[key].detach().to(dtype)
+
+
+class CheckpointWeights:
+    """A Hugging Face safetensors checkpoint folder, read tensor by tensor (memory-mapped by safetensors)."""
+
+    def __init__(self, folder: str | os.PathLike, model):
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        index = self.folder / INDEX_NAME
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+                raise UserError(f"{index} is not a safetensors index (no weight_map)") from None
+        else:
+            files = sorted(self.folder.glob("*.safetensors"))
+            if not files:
+                raise UserError(f"{self.folder} has no *.safetensors weights")
+            weight_map = {}
+            for file in files:
+                with safe_open(file, "pt") as handle:
+                    weight_map.update(dict.fromkeys(handle.keys(), file.name))
+        self._handles = {}
+        self._where = self._map_names(weight_map, model)  # model key -> (file, checkpoint key)
+        self._safe_open = safe_open
+        missing = [k for k in model.state_dict() if k not in self._where and k not in _tied_sources(model)]
+        if missing:
+            raise UserError(f"{self.folder}: checkpoint lacks {len(missing)} of the model's tensors "
+                            f"(first: {missing[0]}); is it a checkpoint of this architecture?")
+        for tied, source in _tied_sources(model).items():
+            if tied not in self._where and source in self._where:
+                self._where[tied] = self._where[source]
+
+    @staticmethod
+    def _map_names(weight_map: dict, model) -> dict:
+        """Checkpoint names -> the model's, with the renamings transformers applies when it loads."""
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+        transforms = get_model_conversion_mapping(model)
+        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        meta = model.state_dict()
+        where = {}
+        for name, file in weight_map.items():
+            key, _ = rename_source_key(name, renamings, [], model.base_model_prefix, meta)
+            if key in meta:
+                where[key] = (file, name)
+        return where
+
+    def keys(self):
+        return self._where.keys()
+
+    def tensor(self, key: str, dtype) -> torch.Tensor:
+        try:
+            file, name = self._where[key]
+        except KeyError:
+            raise UserError(f"{self.folder}: checkpoint has no tensor for {key}") from None
+        handle = self._handles.get(file)
+        if handle is None:
+            try:
+                handle = self._handles[file] = self._safe_open(self.folder / file, "pt")
+            except Exception as exc:  # safetensors raises its own kinds for a truncated or foreign file
+                raise UserError(f"cannot read {self.folder / file}: {exc}") from None
+        return handle.get_tensor(name).to(dtype)
+
+
+def materialize(model, keys, source, dtype) -> None:
+    """Give the parameters/buffers `keys` of a skeleton model real CPU storage from `source`."""
+    for key in keys:
+        path, _, name = key.rpartition(".")
+        module = model.get_submodule(path)
+        value = source.tensor(key, dtype)
+        if name in module._parameters:
+            module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+        else:
+            module._buffers[name] = value
+
+
+def release(model, keys) -> None:
+    """Put the parameters `keys` back on the meta device (their storage is freed)."""
+    for key in keys:
+        path, _, name = key.rpartition(".")
+        module = model.get_submodule(path)
+        if name in module._parameters:
+            old = module._parameters[name]
+            module._parameters[name] = torch.nn.Parameter(torch.empty_like(old, device="meta"), requires_grad=False)
