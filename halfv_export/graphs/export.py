@@ -38,7 +38,7 @@ from . import naming
 from .fps import translation_table
 from .lint import check_topk_bound
 from .vision import export_vision
-from .weights import WeightFile, bind, check_weights_external, save_graph
+from .weights import WeightFile, bind, check_weights_external, external_tensors, save_graph
 from .wrappers import GraphSpec, decode_spec, embed_spec, prefill_spec
 
 OPSETS = tuple(range(18, 24))  # the dynamo exporter has no implementations below 18
@@ -219,7 +219,7 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
     decoder = decoder_keys(traced.model)
     builders = {"embed": lambda: embed_spec(traced), "prefill": lambda: prefill_spec(traced, plan, torch_dtype),
                 "decode": lambda: decode_spec(traced, torch_dtype)}
-    graphs, data_files = {}, {}
+    graphs, data_files, tensors = {}, {}, {}
     with atomic_dir(out_dir) as tmp:
         if "vision" in roles:
             start = time.perf_counter()
@@ -250,7 +250,10 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
                         model = _export_decoder_graph(spec, opset, traced.model, file, tmp / name)
                         file.flush()
                         onnx.checker.check_model(str(tmp / name), full_check=True)
+                        shared = external_tensors(model)
+                        tensors.update(shared)
                         graphs[role] = {"file": name, "data": DECODER_DATA, "sha256": {name: sha256_file(tmp / name)},
+                                        "shared_initializers": sorted(shared),
                                         "inputs": _io(model.graph.inputs), "outputs": _io(model.graph.outputs),
                                         "nodes": sum(1 for _ in model.graph.all_nodes()),
                                         "export_seconds": round(time.perf_counter() - start, 2)}
@@ -258,7 +261,8 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
                             f"{graphs[role]['export_seconds']:.1f} s")
                 finally:
                     file.close()
-            data_files[DECODER_DATA] = {"sha256": sha256_file(tmp / DECODER_DATA), "bytes": file.bytes}
+            data_files[DECODER_DATA] = {"sha256": sha256_file(tmp / DECODER_DATA), "bytes": file.bytes,
+                                        "tensors": tensors}
         content = {
             "schema_version": SCHEMA_VERSION, "kind": "graphs", "model": model_name, "backbone": bb.family,
             "profile": profile.to_dict() if profile is not None else None,

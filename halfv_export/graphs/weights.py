@@ -139,6 +139,18 @@ def check_weights_external(model: ir.Model, role: str) -> None:
             raise RuntimeError(f"{role}: initializer {name} ({tensor.nbytes} bytes) is not in the weights file")
 
 
+def external_tensors(model: ir.Model) -> dict[str, dict]:
+    """{initializer name: offset, length, dtype, shape} of every reference into a data file: what the
+    runtime needs to hand ONNX Runtime one shared in-memory copy (runtime/weights.py)."""
+    out = {}
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            out[name] = {"offset": tensor.offset, "length": tensor.length, "dtype": str(tensor.dtype.numpy()),
+                         "shape": list(tensor.shape.numpy())}
+    return out
+
+
 def save_graph(model: ir.Model, path: os.PathLike) -> None:
     """Write the graph proto; external references are kept as they are (their data is already on disk)."""
     import onnx

@@ -30,18 +30,27 @@ from ..errors import UserError
 from ..manifest import Manifest, past_name, present_name
 from ..profile import Profile
 from .positions import decode_positions, prompt_positions, visual_span
+from .weights import SharedWeights
 
 ROLES = ("embed", "prefill", "decode")
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
-def make_session(path: os.PathLike, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session; a file ONNX Runtime cannot load becomes one UserError line."""
+def make_session(path: os.PathLike, threads: int | None = None, shared: dict | None = None) -> ort.InferenceSession:
+    """A CPU session; a file ONNX Runtime cannot load becomes one UserError line.
+
+    `shared`: initializer name -> OrtValue held by the caller (runtime/weights.py), the same objects for
+    every session of a folder; prepacking is off then, since it would copy each of them per session.
+    """
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if shared:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        for name, value in shared.items():
+            options.add_initializer(name, value)
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several kinds for a broken or unreadable model
@@ -78,7 +87,9 @@ def cache_bytes(cache) -> list[int]:
 class OrtPipeline:
     """One ORT session per graph of a verified graphs folder (manifest sha256 checked on load)."""
 
-    def __init__(self, graphs_dir: str | os.PathLike, threads: int | None = None):
+    def __init__(self, graphs_dir: str | os.PathLike, threads: int | None = None, share_weights: bool = True):
+        """`share_weights`: one mapped copy of the decoder weights for all sessions, no prepacking (the
+        default: about half the memory); False lets each session prepack its own copy (faster steps)."""
         self.manifest = Manifest.load(graphs_dir, verify=True)
         self.config = self.manifest.get("config", {})
         for key in ("num_layers", "num_kv_heads", "head_dim", "image_token_id", "position_rows"):
@@ -88,7 +99,10 @@ class OrtPipeline:
         self.profile = Profile.from_dict(profile) if profile else None
         self.num_layers = int(self.config["num_layers"])
         self.position_rows = int(self.config["position_rows"])
-        self.sessions = {role: make_session(self.manifest.path(role), threads) for role in ROLES}
+        self.shared = SharedWeights(self.manifest) if share_weights else None
+        self.sessions = {role: make_session(self.manifest.path(role), threads,
+                                            self.shared.for_graph(self.manifest.graph(role)) if self.shared else None)
+                         for role in ROLES}
         self._check_io()
 
     # -- graph I/O -----------------------------------------------------------------------------------
