@@ -88,6 +88,29 @@ def models():
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
+# -- random-checkpoint (halfv_export.backbones.random_checkpoint) -------------------------------------
+@cli.command("random-checkpoint")
+@model_option
+@click.option("--out", "out", required=True, type=click.Path(), help="new folder for the checkpoint (must not "
+              "exist or be empty)")
+@click.option("--layers", type=int, default=None, help="decoder layers (default: the release's)")
+@click.option("--vision-depth", type=int, default=None, help="vision-tower blocks (default: the release's)")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True,
+              help="dtype of the written weights")
+@click.option("--seed", type=int, default=0, show_default=True, help="same seed, same bytes")
+@user_errors
+def random_checkpoint(model, out, layers, vision_depth, dtype, seed):
+    """Write a Hugging Face checkpoint with the release architecture and random weights (rehearse a deployment)."""
+    from .backbones.random_checkpoint import write_random_checkpoint
+
+    written = write_random_checkpoint(model, out, layers=layers, vision_depth=vision_depth, dtype=dtype, seed=seed)
+    params = f"{written.parameters / 1e9:.2f} B" if written.parameters >= 1e9 else f"{written.parameters / 1e6:.2f} M"
+    size = f"{written.nbytes / 1e9:.2f} GB" if written.nbytes >= 1e9 else f"{written.nbytes / 1e6:.1f} MB"
+    click.echo(f"{model}: {params} parameters, {size} of {dtype} weights in {written.shards} safetensors "
+               f"file(s), {written.seconds:.1f} s")
+    click.echo(f"checkpoint: {written.path}")
+
+
 # -- calibrate (halfv_export.calibration) -----------------------------------------------------------
 @cli.command()
 @model_option
