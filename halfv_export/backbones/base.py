@@ -56,6 +56,7 @@ class Backbone:
 
     def __init__(self, model):
         self.model = model.eval()
+        self.layer_source = None  # backbones.checkpoint.LayerStream: layers loaded one at a time
 
     # -- module paths (transformers 5.x layout) --------------------------------------------------
     @property
@@ -72,7 +73,7 @@ class Backbone:
 
     @property
     def layers(self):
-        return self.text_model.layers
+        return self.layer_source if self.layer_source is not None else self.text_model.layers
 
     @property
     def final_norm(self):

@@ -153,3 +153,45 @@ def release(model, keys) -> None:
         if name in module._parameters:
             old = module._parameters[name]
             module._parameters[name] = torch.nn.Parameter(torch.empty_like(old, device="meta"), requires_grad=False)
+
+
+class LayerStream:
+    """The decoder layers with weights loaded on access and released behind: the reference holds `keep`
+    layers at a time (the selection at layer l reads layer l-1's projections, so keep >= 2).
+
+    Indexing and iteration return the model's own layer modules, so forward hooks stay attached."""
+
+    def __init__(self, model, layers, source, dtype, keep: int = 2):
+        self.model, self.layers, self.source, self.dtype, self.keep = model, layers, source, dtype, keep
+        path = next(name for name, module in model.named_modules() if module is layers)
+        names = list(model.state_dict(keep_vars=True))
+        self.keys = [[k for k in names if k.startswith(f"{path}.{i}.")] for i in range(len(layers))]
+        self.loaded: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int):
+        index = range(len(self))[index]
+        if index in self.loaded:
+            self.loaded.remove(index)
+        else:
+            materialize(self.model, self.keys[index], self.source, self.dtype)
+        self.loaded.append(index)
+        while len(self.loaded) > self.keep:
+            release(self.model, self.keys[self.loaded.pop(0)])
+        return self.layers[index]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def stream_layers(bb, source, dtype=torch.float32):
+    """Make a skeleton backbone usable as the reference: every weight outside the decoder layers in
+    memory (embeddings, final norm, lm_head, vision tower), the layers streamed from `source`."""
+    layers = bb.text_model.layers
+    layer_ids = {id(t) for t in list(layers.parameters()) + list(layers.buffers())}
+    rest = [k for k, t in bb.model.state_dict(keep_vars=True).items() if id(t) not in layer_ids and t.is_meta]
+    materialize(bb.model, rest, source, dtype)
+    bb.layer_source = LayerStream(bb.model, layers, source, dtype)
+    return bb

@@ -188,11 +188,11 @@ def build_random(entry: ModelEntry, config=None, dtype=torch.float32, seed: int 
     return entry.backbone(model)
 
 
-def load_backbone(name: str, model_path: str | os.PathLike | None = None, random_init: bool = False,
-                  dtype=torch.float32) -> Backbone:
+def checkpoint_folder(name: str, model_path: str | os.PathLike | None = None, random_init: bool = False) -> Path | None:
+    """The checkpoint folder `name` loads from (checked to look like one), or None for random weights."""
     entry = get_entry(name)
     if model_path is None and (entry.tiny or random_init):
-        return build_random(entry, dtype=dtype)
+        return None
     if model_path is None and entry.weights is not None:
         if not entry.weights.is_dir():
             raise UserError(f"{entry.name} has no trained weights at {entry.weights}: run `halfv-export zoo train "
@@ -205,12 +205,48 @@ def load_backbone(name: str, model_path: str | os.PathLike | None = None, random
         raise UserError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
     if not any(path.glob("*.safetensors")):
         raise UserError(f"{path} has no *.safetensors weights")
+    return path
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def load_backbone(name: str, model_path: str | os.PathLike | None = None, random_init: bool = False,
+                  dtype=torch.float32) -> Backbone:
+    """The model with all its weights in memory (tiny and zoo models, calibration, evaluation)."""
+    entry = get_entry(name)
+    path = checkpoint_folder(name, model_path, random_init)
+    if path is None:
+        return build_random(entry, dtype=dtype)
     try:
         model = entry.backbone.hf_class.from_pretrained(path, dtype=dtype, local_files_only=True)
     except Exception as exc:  # transformers raises many kinds for a broken checkpoint
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"could not load checkpoint {path}: {first}") from None
+        raise UserError(f"could not load checkpoint {path}: {_first_line(exc)}") from None
     expected = entry.make_config().model_type
     if model.config.model_type != expected:
         raise UserError(f"{path} is a {model.config.model_type} checkpoint, not {expected} ({entry.name})")
     return entry.backbone(model)
+
+
+def open_backbone(name: str, model_path: str | os.PathLike | None = None, random_init: bool = False,
+                  dtype=torch.float32):
+    """(backbone, weights) without loading a checkpoint's weights: a meta-device skeleton and a
+    CheckpointWeights that reads tensors one at a time. Random models are built in memory (weights None)."""
+    from transformers import AutoConfig
+
+    from .checkpoint import CheckpointWeights, skeleton
+
+    entry = get_entry(name)
+    path = checkpoint_folder(name, model_path, random_init)
+    if path is None:
+        return build_random(entry, dtype=dtype), None
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise UserError(f"could not read {path / 'config.json'}: {_first_line(exc)}") from None
+    expected = entry.make_config().model_type
+    if config.model_type != expected:
+        raise UserError(f"{path} is a {config.model_type} checkpoint, not {expected} ({entry.name})")
+    bb = skeleton(entry, config, dtype)
+    return bb, CheckpointWeights(path, bb.model)

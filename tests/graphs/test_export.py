@@ -330,17 +330,3 @@ def test_failed_export_leaves_the_previous_folder_untouched(tmp_path, monkeypatc
         export_graphs(bb, "tiny-llava", out, None, None, roles=("embed",))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["g"], "no temporary folder left behind"
-
-
-def test_weights_past_the_threshold_go_to_one_data_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(export_module, "EXTERNAL_DATA_BYTES", 0)
-    bb = tiny_backbone("tiny-llava")
-    manifest = export_graphs(bb, "tiny-llava", tmp_path / "g", None, None, roles=("embed",))
-    entry = manifest["graphs"]["embed"]
-    assert entry["data"] == "embed.onnx.data" and set(entry["sha256"]) == {"embed.onnx", "embed.onnx.data"}
-    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["embed.onnx", "embed.onnx.data", "manifest.json"]
-    Manifest.load(tmp_path / "g")
-    ids = torch.arange(6).view(2, 3)
-    got = session(tmp_path / "g" / "embed.onnx").run(None, {"input_ids": ids.numpy()})[0]
-    with torch.no_grad():
-        np.testing.assert_array_equal(got, bb.embed_tokens(ids).numpy())

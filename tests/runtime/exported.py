@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from halfv_export.manifest import Manifest, sha256_file
+from halfv_export.manifest import DATA_FILES, Manifest, sha256_file
 from halfv_export.method.plan import PruningPlan
 from halfv_export.profile import shipped_profile
 from tests.conftest import tiny_backbone
@@ -45,4 +45,6 @@ def reseal(folder: Path, file: str) -> None:
     for entry in manifest["graphs"].values():
         if file in entry.get("sha256", {}):
             entry["sha256"][file] = sha256_file(folder / file)
+    if file in (manifest.get(DATA_FILES) or {}):
+        manifest[DATA_FILES][file]["sha256"] = sha256_file(folder / file)
     manifest.save()
