@@ -21,8 +21,13 @@ without downloading anything, and input ids laid out as the family's chat format
     LLaVA-NeXT:  <bos> [INST] <image>*N \\nPROMPT [/INST]
 with N image placeholder tokens, one per visual token. Text goes through the checkpoint's
 tokenizer.json when the model was loaded from a folder that has one. Models without a tokenizer
-(the built-in tiny ones, --random-init) use the byte tokenizer of `halfv_export.runtime.text`: UTF-8
-byte b -> id 10 + b (ids 10..265, clear of the special ids 0-2 and 1000-1003 of the tiny configs).
+(the built-in tiny ones, --random-init, a checkpoint folder without tokenizer.json) use the byte
+tokenizer of `halfv_export.runtime.text` fitted to the vocabulary: UTF-8 byte b -> id 10 + b (ids
+10..265, clear of the special ids 0-2 and 1000-1003 of the tiny configs) where the vocabulary holds
+that range clear of its special ids, else the bytes spread over the ids it has (transformers' test
+configurations: 99 ids, image token 0 or 4). A vision start/end id that the vocabulary does not hold
+(Qwen2.5-VL configs that keep the release's 151653 beside 99 ids) is left out of the span: positions
+come from the image tokens and the grid, and the decoder never needs it.
 
 Image sizes: Qwen2.5-VL resizes to multiples of 28 px within a pixel budget. Models with weights from
 a checkpoint use 256..1024 visual tokens (256*28*28 .. 1024*28*28 px); models built without weights
@@ -44,7 +49,7 @@ from PIL import Image, ImageDraw
 
 from ..backbones.base import Backbone, MultimodalBatch
 from ..errors import UserError
-from ..runtime.text import ByteTokenizer, load_tokenizer, prompt_ids
+from ..runtime.text import ByteTokenizer, load_tokenizer, prompt_ids, special_token_ids
 
 PROMPTS_FILE = "prompts.jsonl"
 DEFAULT_SEED = 0
@@ -162,8 +167,10 @@ def has_weights(bb: Backbone) -> bool:
 
 
 def tokenizer_for(bb: Backbone):
-    """The checkpoint's tokenizer.json when there is one, else the byte tokenizer of the tiny models."""
-    return load_tokenizer(bb.model.name_or_path) if has_weights(bb) else ByteTokenizer()
+    """The checkpoint's tokenizer.json when there is one, else the byte tokenizer fitted to the vocabulary."""
+    if has_weights(bb) and (Path(bb.model.name_or_path) / "tokenizer.json").is_file():
+        return load_tokenizer(bb.model.name_or_path)
+    return ByteTokenizer.within(bb.text_config.vocab_size, special_token_ids(bb.config))
 
 
 def _folder_pixels(bb: Backbone, low: int, high: int) -> tuple[int, int]:
@@ -209,8 +216,10 @@ def make_batch(bb: Backbone, image: Image.Image, prompt: str, tokenizer=None, pr
     if bb.family == "qwen2_5_vl":
         grid = pixels["image_grid_thw"]
         count = int(grid.prod()) // bb.config.vision_config.spatial_merge_size ** 2
-        span = [bb.config.vision_start_token_id] + [bb.image_token_id] * count + [bb.config.vision_end_token_id]
-        ids = before_ids + span + after_ids
+        vocab = bb.text_config.vocab_size
+        start, end = ([i] if i is not None and 0 <= i < vocab else []
+                      for i in (bb.config.vision_start_token_id, bb.config.vision_end_token_id))
+        ids = before_ids + start + [bb.image_token_id] * count + end + after_ids
         return MultimodalBatch(torch.tensor([ids]), pixel_values=pixels["pixel_values"], image_grid_thw=grid)
     sizes = pixels.get("image_sizes")
     if bb.family == "llava":
