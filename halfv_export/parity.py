@@ -155,21 +155,38 @@ def merged_grid(n: int) -> tuple[int, int]:
 class RequestMaker:
     """Synthetic requests for a backbone: prompt ids with the image span, visual embeddings, grids."""
 
+    # Text ids are drawn below this as well: real vocabularies keep their added special tokens at the top
+    # (Qwen2.5-VL from 151643), and random text should not hit one the config does not name.
+    TEXT_ID_CAP = 32000
+
     def __init__(self, bb, dtype: str):
+        from .runtime.text import BYTE_OFFSET, special_token_ids
+
         self.bb = bb
         self.np_dtype = np.float16 if dtype == "fp16" else np.float32
         cfg = bb.config
         vocab = bb.text_config.vocab_size
-        self.high = min(vocab, bb.image_token_id, 32000)  # stay below the special and image ids
-        self.start_id = getattr(cfg, "vision_start_token_id", None)
-        self.end_id = getattr(cfg, "vision_end_token_id", None)
+        special = special_token_ids(cfg) | {bb.image_token_id}
+        # Random text ids: any id the embedding table holds except the image, video, vision start/end, bos, eos
+        # and pad ids, from BYTE_OFFSET up where there are any (transformers' test configurations have 99 ids
+        # and image token 0 or 4).
+        top = min(vocab, self.TEXT_ID_CAP)
+        pool = [i for i in range(BYTE_OFFSET, top) if i not in special] or [i for i in range(top) if i not in special]
+        if not pool:
+            raise UserError(f"{bb.family} config: its {vocab} token ids are all special ({sorted(special)}), "
+                            "so no text can go around the image")
+        self.text_ids = np.array(pool, dtype=np.int64)
+        # The vision start/end markers go around the image only where the embedding table has them.
+        self.start_id, self.end_id = (i if i is not None and 0 <= i < vocab else None
+                                      for i in (getattr(cfg, "vision_start_token_id", None),
+                                                getattr(cfg, "vision_end_token_id", None)))
         self.scale = float(bb.embed_tokens.weight.detach().float().std())
 
     def make(self, case: Case):
         """(input_ids [B, S] int64, visual_embeds [B, N, D] or None, image_grid_thw [B, 3] or None)."""
         gen = np.random.default_rng(case.seed)
-        before = gen.integers(10, self.high, (case.batch, case.prefix))
-        after = gen.integers(10, self.high, (case.batch, case.suffix))
+        before = self.text_ids[gen.integers(0, len(self.text_ids), (case.batch, case.prefix))]
+        after = self.text_ids[gen.integers(0, len(self.text_ids), (case.batch, case.suffix))]
         if case.visual == 0:
             return np.concatenate([before, after], axis=1).astype(np.int64), None, None
         if self.start_id is not None and case.prefix:
