@@ -4,13 +4,14 @@ The eager op (method/selection.py) and this function are the two sides of one bo
 maps the op to this onnxscript function through `custom_translation_table`, then the function is
 inlined into the graph (graphs/export.py).
 
-    features [B,N,D] --MatMul(features^T)--(1 - sim)--Floor on the grid--> pair [B,N,N] (all distances, once;
-                     rounded down to COVERAGE_GRID as the eager op does, so near-ties are exact ties)
+    features [B,N,D] --MatMul(features^T)--(1 - sim)--> pair [B,N,N]   (all distances, once)
     pair --Gather(anchor rows)--ReduceMin-------------> dist [B,N]
     anchors  [B,A]   --Equal(range N)--ReduceMax------> selected [B,N]
                        (anchors' own dist set to NEG)
     Loop (trip count K - A; carries selected, dist; NO scan outputs, as TensorRT requires):
-        u    = ArgMax(dist)                (first maximum on ties, like torch.argmax)
+        near = dist >= ReduceMax(dist) - COVERAGE_TIE        (the candidates that tie with the farthest)
+        u    = ArgMax(Where(near, N - index, 0))             (the lowest index among them: a unique maximum,
+                                                              so no backend's ArgMax tie order matters)
         row  = pair[u]                     (a Gather: no per-step matrix-vector product)
         selected |= (range N == u)
         dist = Where(selected, NEG, Min(dist, row))
@@ -29,7 +30,7 @@ import onnxscript
 from onnxscript import opset18 as op
 from onnxscript.onnx_types import FLOAT, INT64
 
-from ..method.selection import COVERAGE_GRID
+from ..method.selection import COVERAGE_TIE
 
 # Stands for the eager op's -inf on already selected tokens. Cosine distances lie in [0, 2], so any
 # value below 0 gives the same ArgMax; a finite one keeps fp16 builders (TensorRT) free of inf.
@@ -45,11 +46,13 @@ def fps_coverage_onnx(features: FLOAT, anchors: INT64, k: INT64) -> INT64:
     index_row = op.Unsqueeze(index, op.Constant(value_ints=[0]))  # [1, N]
     neg = op.Constant(value_float=NEG)
     one = op.Constant(value_float=1.0)
-    grid = op.Constant(value_float=COVERAGE_GRID)
+    tie = op.Constant(value_float=COVERAGE_TIE)
+    zero = op.Constant(value_float=0.0)
+    # candidates score N - i (> 0, a unique maximum at the lowest index), the rest 0
+    lowest_first = op.Sub(op.Cast(n_1d, to=1), op.Cast(index_row, to=1))  # [1, N]
 
-    # all pairwise distances once (on the grid); every token's distance to its nearest anchor; anchors first
+    # all pairwise distances once; every token's distance to its nearest anchor; anchors first
     pair = op.Sub(one, op.MatMul(features, op.Transpose(features, perm=[0, 2, 1])))  # [B, N, N]
-    pair = op.Mul(op.Floor(op.Div(pair, grid)), grid)
     anchor_rows = op.Expand(op.Unsqueeze(anchors, op.Constant(value_ints=[2])),
                             op.Concat(batch_1d, a_1d, n_1d, axis=0))
     dist0 = op.ReduceMin(op.GatherElements(pair, anchor_rows, axis=1), op.Constant(value_ints=[1]),
@@ -61,7 +64,9 @@ def fps_coverage_onnx(features: FLOAT, anchors: INT64, k: INT64) -> INT64:
 
     trips = op.Squeeze(op.Sub(op.Reshape(k, op.Constant(value_ints=[1])), a_1d))
     for _ in range(trips):
-        u = op.ArgMax(dist, axis=1, keepdims=1)  # [B, 1]
+        best = op.ReduceMax(dist, op.Constant(value_ints=[1]), keepdims=1)  # [B, 1]
+        near = op.GreaterOrEqual(dist, op.Sub(best, tie))
+        u = op.ArgMax(op.Where(near, lowest_first, zero), axis=1, keepdims=1)  # [B, 1]
         u_row = op.Expand(op.Unsqueeze(u, op.Constant(value_ints=[2])),
                           op.Concat(batch_1d, op.Constant(value_ints=[1]), n_1d, axis=0))
         row = op.Squeeze(op.GatherElements(pair, u_row, axis=1), op.Constant(value_ints=[1]))  # [B, N]

@@ -62,27 +62,38 @@ def _distance_to_anchors(features, anchors):
     return (1.0 - sim).min(dim=1).values
 
 
-# Coverage distances are rounded down to multiples of this before the farthest-point ArgMax. On a redundant
-# image the last picks are between near-duplicate background tokens whose distances differ by ~1e-7, less
-# than torch and ONNX Runtime matmuls differ by: the two kept different tokens (trained LLaVA, test question
-# 59). Rounded, such candidates tie exactly and the lowest index wins on both sides. 2^-12 is exact in
-# float32 and far below any distance that tells two visual tokens apart (cosine similarity 0.99976).
-COVERAGE_GRID = 2.0 ** -12
+# Farthest-point ties. The next token is the lowest index among the candidates whose coverage distance is
+# within COVERAGE_TIE of the largest one; there is no rounding anywhere else. A distance is 1 - f_u . f_v of
+# unit vectors, so its float32 error is absolute (ulps of a cosine near 1), not relative to the distance: a
+# late pick between near-duplicate tokens (distances 1e-5 .. 1e-3) carries the same error as the first pick
+# (~1), so a tolerance relative to the maximum would be too small late or too large early. Torch, ONNX
+# Runtime and float64 differ by that error, which is what flips picks between near-duplicates. 2^-20
+# (9.5e-7, 8 float32 ulps of 1.0) is just above the float32 error of these distances, so a candidate as
+# far as the farthest one in exact arithmetic always ties with it, and far below the gaps of the other
+# picks, so nearly every pick stays exact farthest-point sampling (README, "Method decisions", has the
+# measured differences).
+COVERAGE_TIE = 2.0 ** -20
 
 
 def coverage_distances(features: torch.Tensor) -> torch.Tensor:
-    """[B, N, N] cosine distances 1 - f_u . f_v of l2-normalised features, rounded down to COVERAGE_GRID."""
-    pair = 1.0 - torch.matmul(features, features.transpose(1, 2))
-    return torch.floor(pair / COVERAGE_GRID) * COVERAGE_GRID
+    """[B, N, N] cosine distances 1 - f_u . f_v of l2-normalised features."""
+    return 1.0 - torch.matmul(features, features.transpose(1, 2))
+
+
+def farthest_candidate(dist: torch.Tensor) -> torch.Tensor:
+    """[B]: the lowest index whose distance is within COVERAGE_TIE of the row's maximum (-inf: selected)."""
+    best = dist.max(dim=1, keepdim=True).values
+    index = torch.arange(dist.shape[1], device=dist.device).expand_as(dist)
+    return torch.where(dist >= best - COVERAGE_TIE, index, dist.shape[1]).min(dim=1).values
 
 
 @torch.library.custom_op("halfv::fps_coverage", mutates_args=())
 def fps_coverage(features: torch.Tensor, anchors: torch.Tensor, k: int) -> torch.Tensor:
     """Exact HalfV coverage: greedy farthest-point sampling from the anchors until k tokens are kept.
 
-    Repeatedly adds the token maximising min over selected v of (1 - f_u . f_v), distances on the
-    COVERAGE_GRID; ties go to the lowest index (as ONNX ArgMax does). Returns the kept set [B, k], sorted
-    ascending.
+    Repeatedly adds the token maximising min over selected v of (1 - f_u . f_v); candidates within
+    COVERAGE_TIE of the maximum tie, and the lowest index among them wins. Returns the kept set [B, k],
+    sorted ascending.
     A custom op so that the eager reference and the ONNX graph share one boundary: the exporter
     translates it to an ONNX Loop (halfv_export.graphs).
     """
@@ -93,7 +104,7 @@ def fps_coverage(features: torch.Tensor, anchors: torch.Tensor, k: int) -> torch
     selected[rows[:, None], anchors] = True
     dist = pair[rows[:, None], anchors].min(dim=1).values.masked_fill(selected, float("-inf"))
     for _ in range(k - anchors.shape[1]):
-        u = dist.argmax(dim=1)
+        u = farthest_candidate(dist)
         selected[rows, u] = True
         dist = torch.minimum(dist, pair[rows, u]).masked_fill(selected, float("-inf"))
     return selected.nonzero()[:, 1].view(batch, k)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -11,6 +13,7 @@ import torch
 from halfv_export.graphs.export import check_graph
 from halfv_export.graphs.fps import translation_table
 from halfv_export.method.selection import fps_coverage
+from tests.method.test_fps_real import ZOO, numpy_fps, real_fps_inputs
 
 
 DIM = 8  # the feature width is a static dim of the exported graph
@@ -23,19 +26,24 @@ class FpsOnly(torch.nn.Module):
         return fps_coverage(features, anchors, budget.shape[0])
 
 
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    args = (torch.nn.functional.normalize(torch.randn(2, 12, DIM), dim=-1), torch.tensor([[0, 3, 5], [1, 2, 7]]),
+def export_fps(folder, dim: int):
+    """The op alone exported for features of width `dim`: (ONNX model, ONNX Runtime session)."""
+    args = (torch.nn.functional.normalize(torch.randn(2, 12, dim), dim=-1), torch.tensor([[0, 3, 5], [1, 2, 7]]),
             torch.zeros(6))
     program = torch.onnx.export(FpsOnly().eval(), args, dynamo=True, opset_version=20, verbose=False,
                                 input_names=["features", "anchors", "budget"],
                                 dynamic_shapes=({0: "batch", 1: "n"}, {0: "batch", 1: "a"}, {0: "k"}),
                                 custom_translation_table=translation_table())
     check_graph(program.model, "fps")
-    path = tmp_path_factory.mktemp("fps") / "fps.onnx"
+    path = folder / "fps.onnx"
     program.save(path)
     onnx.checker.check_model(str(path), full_check=True)
     return onnx.load(str(path)), ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    return export_fps(tmp_path_factory.mktemp("fps"), DIM)
 
 
 def run(sess, features, anchors, k):
@@ -72,19 +80,36 @@ def test_ties_go_to_the_lowest_index_like_torch_argmax(session):
 
 
 def test_near_duplicates_pick_the_same_token_as_torch(session):
-    """Background-like tokens: one direction plus 1e-4 noise. Distances differ by far less than torch and
-    ONNX Runtime matmuls may; on the coverage grid they tie and both sides keep the lowest index."""
+    """Background-like tokens: one direction plus 1e-6 noise, so their distances to the shape tokens differ by
+    ~1e-6 * 1, about the float32 difference between torch and ONNX Runtime matmuls: within COVERAGE_TIE they tie
+    and both sides keep the lowest index."""
     _, sess = session
     gen = torch.Generator().manual_seed(0)
     base = torch.nn.functional.normalize(torch.randn(DIM, generator=gen), dim=0)
     shape = torch.nn.functional.normalize(torch.randn(4, DIM, generator=gen), dim=-1)
-    noise = 1e-4 * torch.randn(2, 40, DIM, generator=gen)
+    noise = 1e-7 * torch.randn(2, 40, DIM, generator=gen)
     features = torch.nn.functional.normalize(torch.cat([shape[None].repeat(2, 1, 1), base + noise], dim=1), dim=-1)
     anchors = torch.tensor([[0, 1], [2, 3]])
     got = run(sess, features, anchors, 12)
     np.testing.assert_array_equal(got, fps_coverage(features, anchors, 12).numpy())
     # after the four shape tokens every background token is the same distance away: lowest indices win
-    assert got[0].tolist()[:5] == [0, 1, 2, 3, 4]
+    assert got[0].tolist() == list(range(12))
+
+
+def test_gaps_beyond_the_tolerance_are_decisions(session):
+    """Two tokens 3e-5 apart in distance from the anchors: both sides pick the farther one, as exact fps does
+    (rounding distances to a 2^-12 grid, as an earlier version did, would tie them and keep the lower index)."""
+    _, sess = session
+    angles = torch.tensor([0.0, 70.0, 70.002, 150.0, 150.0015]) * math.pi / 180
+    plane = torch.stack([angles.cos(), angles.sin()], dim=-1)
+    features = torch.cat([plane, torch.zeros(5, DIM - 2)], dim=-1)[None].repeat(2, 1, 1)
+    anchors = torch.tensor([[0], [3]])
+    got = run(sess, features, anchors, 3)
+    np.testing.assert_array_equal(got, fps_coverage(features, anchors, 3).numpy())
+    # from 0 deg: 150.0015 is the farthest (by 1.3e-5 over 150), then 70.002 beats 70 by 3.3e-5
+    assert got[0].tolist() == [0, 2, 4]
+    # from 150 deg: 0 deg, then 70.002 again (its nearest selected point is 0 deg, 3.3e-5 farther than 70's)
+    assert got[1].tolist() == [0, 2, 3]
 
 
 def test_loop_carries_state_only_and_no_nonzero(session):
@@ -99,3 +124,14 @@ def test_loop_carries_state_only_and_no_nonzero(session):
     assert carried == 2  # the selected mask and the min-distance vector
     topk = [node for node in model.graph.node if node.op_type == "TopK"]
     assert topk and all(next(a.i for a in node.attribute if a.name == "sorted") == 1 for node in topk)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO)
+def test_translation_equals_float64_fps_on_real_features(name, tmp_path):
+    """The trained models' IVR features on test questions: ONNX Runtime keeps what float64 numpy fps keeps."""
+    cases = real_fps_inputs(name)
+    _, sess = export_fps(tmp_path, cases[0][0].shape[-1])
+    for i, (features, anchors, k) in enumerate(cases):
+        got = run(sess, features, anchors, k)[0].tolist()
+        assert got == numpy_fps(features[0].numpy(), anchors[0].tolist(), k), f"{name} test question {i}"

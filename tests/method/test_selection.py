@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from halfv_export.method.selection import COVERAGE_GRID, fps_coverage, oneshot_coverage, sorted_topk
+from halfv_export.method.selection import COVERAGE_TIE, fps_coverage, oneshot_coverage, sorted_topk
 
 
 def circle_features(angles_deg):
@@ -16,17 +16,13 @@ def circle_features(angles_deg):
 
 
 def brute_force_fps(features, anchors, k):
-    f = features[0]
+    """Greedy fps in Python floats: the lowest index within COVERAGE_TIE of the farthest distance."""
+    f = features[0].double()
     selected = list(anchors)
     while len(selected) < k:
-        best, best_d = None, -1.0
-        for u in range(f.shape[0]):
-            if u in selected:
-                continue
-            d = min(math.floor((1 - float(f[u] @ f[v])) / COVERAGE_GRID) * COVERAGE_GRID for v in selected)
-            if d > best_d:  # strict: ties go to the lowest index
-                best, best_d = u, d
-        selected.append(best)
+        dist = {u: min(1 - float(f[u] @ f[v]) for v in selected) for u in range(f.shape[0]) if u not in selected}
+        best = max(dist.values())
+        selected.append(min(u for u, d in dist.items() if d >= best - COVERAGE_TIE))
     return sorted(selected)
 
 
@@ -39,12 +35,19 @@ def test_fps_picks_farthest_points_greedily():
     assert kept.tolist() == [brute_force_fps(feats, [0], 4)]
 
 
-def test_fps_treats_near_duplicates_as_ties():
-    """Distances closer than the grid are equal: the lowest index wins, not the one 1e-6 farther."""
-    feats = circle_features([0, 70.0, 70.004, 70.008, 35])  # 1 - cos: 0.65798, +6.6e-5, +1.3e-4
-    assert fps_coverage(feats, torch.tensor([[0]]), 2).tolist() == [[0, 1]]
-    # 35 degrees apart is far beyond the grid: after 0 and 70, the point at 35 is the farthest left
-    assert fps_coverage(feats, torch.tensor([[0]]), 3).tolist() == [[0, 1, 4]]
+def test_fps_ties_only_within_the_tolerance():
+    """Candidates closer than COVERAGE_TIE tie (lowest index); anything farther apart is a real decision."""
+    # 1 - cos from the anchor at 0 deg: 70 deg -> 0.657980; +2e-5 deg -> +3.3e-7 (within the tolerance);
+    # +0.004 deg -> +6.6e-5 (far beyond it: a real decision)
+    tie = circle_features([0, 70.0, 70.00002, 35])
+    assert fps_coverage(tie, torch.tensor([[0]]), 2).tolist() == [[0, 1]]
+    farther = circle_features([0, 70.0, 70.004, 35])
+    assert fps_coverage(farther, torch.tensor([[0]]), 2).tolist() == [[0, 2]]
+    # after 0 and the farther point, 35 deg is the farthest left
+    assert fps_coverage(farther, torch.tensor([[0]]), 3).tolist() == [[0, 2, 3]]
+    for feats in (tie, farther):
+        for k in (2, 3, 4):
+            assert fps_coverage(feats, torch.tensor([[0]]), k).tolist() == [brute_force_fps(feats, [0], k)]
 
 
 def test_fps_matches_brute_force_on_random_sets():
