@@ -68,10 +68,9 @@ def _distance_to_anchors(features, anchors):
 # late pick between near-duplicate tokens (distances 1e-5 .. 1e-3) carries the same error as the first pick
 # (~1), so a tolerance relative to the maximum would be too small late or too large early. Torch, ONNX
 # Runtime and float64 differ by that error, which is what flips picks between near-duplicates. 2^-20
-# (9.5e-7, 8 float32 ulps of 1.0) is just above the float32 error of these distances, so a candidate as
-# far as the farthest one in exact arithmetic always ties with it, and far below the gaps of the other
-# picks, so nearly every pick stays exact farthest-point sampling (README, "Method decisions", has the
-# measured differences).
+# (9.5e-7, 8 float32 ulps of 1.0) is just above the float32 error of these distances, so candidates that
+# differ by float noise alone tie, and far below the gaps of the other picks, so nearly every pick stays
+# exact farthest-point sampling (README, "Method decisions", has the measured differences).
 COVERAGE_TIE = 2.0 ** -20
 
 
