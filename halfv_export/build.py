@@ -86,8 +86,7 @@ def build(model: str, model_path=None, random_init: bool = False, out_root: str 
 
     graphs_dir = out_root / "graphs" / model
     manifest = export_graphs(bb, model, graphs_dir, PruningPlan.halfv(profile, coverage), profile, progress=say)
-    files = {name: (graphs_dir / name).stat().st_size
-             for entry in manifest["graphs"].values() for name in entry["sha256"]}
+    files = {name: (graphs_dir / name).stat().st_size for name in manifest.files()}
 
     say("[build] checking the graphs against the PyTorch reference ...")
     report = check_graphs(graphs_dir, model_path=model_path, random_init=random_init)

@@ -39,7 +39,20 @@ def skeleton_model(hf_class, config, dtype=torch.float32):
         module._buffers[name] = torch.empty_like(buffer, device="cpu")
         owners.add(path)
     for path in sorted(owners):  # transformers recomputes rotary frequencies and position ids here
-        model._init_weights(model.get_submodule(path))
+        _owning_pretrained(model, path)._init_weights(model.get_submodule(path))
+    return model
+
+
+def _owning_pretrained(model, path: str):
+    """The innermost transformers PreTrainedModel containing submodule `path` (a CLIP tower inside LLaVA
+    initialises its own embeddings): the one whose _init_weights knows that module."""
+    from transformers import PreTrainedModel
+
+    parts = path.split(".") if path else []
+    for depth in range(len(parts), -1, -1):
+        module = model.get_submodule(".".join(parts[:depth]))
+        if isinstance(module, PreTrainedModel):
+            return module
     return model
 
 
@@ -89,7 +102,6 @@ class CheckpointWeights:
             for file in files:
                 with safe_open(file, "pt") as handle:
                     weight_map.update(dict.fromkeys(handle.keys(), file.name))
-        self._handles = {}
         self._where = self._map_names(weight_map, model)  # model key -> (file, checkpoint key)
         self._safe_open = safe_open
         missing = [k for k in model.state_dict() if k not in self._where and k not in _tied_sources(model)]
@@ -124,13 +136,13 @@ class CheckpointWeights:
             file, name = self._where[key]
         except KeyError:
             raise UserError(f"{self.folder}: checkpoint has no tensor for {key}") from None
-        handle = self._handles.get(file)
-        if handle is None:
-            try:
-                handle = self._handles[file] = self._safe_open(self.folder / file, "pt")
-            except Exception as exc:  # safetensors raises its own kinds for a truncated or foreign file
-                raise UserError(f"cannot read {self.folder / file}: {exc}") from None
-        return handle.get_tensor(name).to(dtype)
+        # Opened per tensor: a shard kept open stays mapped, and every page read from it would count
+        # in this process's resident memory until the end (a whole checkpoint, for an export).
+        try:
+            with self._safe_open(self.folder / file, "pt") as handle:
+                return handle.get_tensor(name).to(dtype)
+        except Exception as exc:  # safetensors raises its own kinds for a truncated or foreign file
+            raise UserError(f"cannot read {name} from {self.folder / file}: {exc}") from None
 
 
 def materialize(model, keys, source, dtype) -> None:

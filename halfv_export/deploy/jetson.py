@@ -7,7 +7,7 @@ Engines are tied to one GPU and one TensorRT version, so they are built on the J
   jetson-thor  JetPack 7, TensorRT 11: strongly typed only: --stronglyTyped, never --fp16
 
   <out>/
-    manifest.json  embed.onnx  prefill.onnx  decode.onnx  (+ .data)   copied, sha256-verified
+    manifest.json  embed.onnx  prefill.onnx  decode.onnx  decoder.onnx.data   copied, sha256-verified
     build_engines.sh   trtexec --onnx --saveEngine --minShapes/--optShapes/--maxShapes per graph
     run.sh             trtexec --loadEngine at the opt shapes (latency smoke run of each engine)
     bundle.json        target, ranges and every command, machine-readable
@@ -184,9 +184,8 @@ def make_bundle(graphs_dir, target: str, out_dir, min_pixels: int | None = None,
         "lint": {"target": tgt.lint_target, "errors": 0, "warnings": len(report.warnings)},
     }
     with atomic_dir(out_dir) as tmp:
-        for role, entry in manifest["graphs"].items():
-            for name in entry.get("sha256", {}) or {entry["file"]: None}:
-                _place(manifest.folder / name, tmp / name)
+        for name in manifest.files() or {entry["file"]: None for entry in manifest["graphs"].values()}:
+            _place(manifest.folder / name, tmp / name)
         shutil.copy2(manifest.folder / MANIFEST_NAME, tmp / MANIFEST_NAME)
         for name, title, commands in (("build_engines.sh", f"build TensorRT engines for {tgt.name}", builds),
                                       ("run.sh", "latency smoke run of each engine at its opt shapes", runs)):

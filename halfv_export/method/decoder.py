@@ -138,9 +138,13 @@ def decode_step_tensors(bb: Backbone, embeds, position_ids, cache):
 
 @torch.no_grad()
 def generate(bb: Backbone, inputs: DecoderInputs, plan: PruningPlan | None = None, max_new_tokens: int = 16,
-             eos_token_id: int | None = None):
-    """Greedy decoding. Returns (tokens [B, n], PrefillResult). Rows that hit eos keep emitting eos."""
+             eos_token_id: int | None = None, step_logits: list | None = None):
+    """Greedy decoding. Returns (tokens [B, n], PrefillResult). Rows that hit eos keep emitting eos.
+
+    `step_logits`, when given, receives the logits [B, vocab] each token was chosen from."""
     result = prefill(bb, inputs, plan)
+    if step_logits is not None:
+        step_logits.append(result.logits)
     token = result.logits.argmax(dim=-1)
     tokens = [token]
     finished = token == eos_token_id if eos_token_id is not None else torch.zeros_like(token, dtype=torch.bool)
@@ -150,6 +154,8 @@ def generate(bb: Backbone, inputs: DecoderInputs, plan: PruningPlan | None = Non
             break
         embeds = bb.embed_tokens(token[:, None])
         logits, cache = decode_step_tensors(bb, embeds, bb.decode_position_ids(inputs.next_position, step), cache)
+        if step_logits is not None:
+            step_logits.append(logits)
         token = logits.argmax(dim=-1)
         if eos_token_id is not None:
             token = torch.where(finished, torch.full_like(token, eos_token_id), token)

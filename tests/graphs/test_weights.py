@@ -57,12 +57,12 @@ def test_checkpoint_weights_read_every_tensor_under_the_model_names(name, tmp_pa
         assert torch.equal(source.tensor(key, torch.float32), reference.tensor(key, torch.float32)), key
 
 
-def _sizes(model, keys):
+def _distinct_bytes(model, keys):
+    """Bytes of the distinct tensors among `keys` (the optimiser merges initializers of equal content,
+    such as the all-ones norm weights of a freshly initialised model)."""
     state = model.state_dict()
-    unique = {}
-    for key in keys:
-        unique.setdefault(state[key].data_ptr(), state[key].numel() * 4)
-    return sum(unique.values())
+    distinct = {state[key].numpy().tobytes(): state[key].numel() * 4 for key in keys}
+    return sum(distinct.values())
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -78,7 +78,7 @@ def test_decoder_graphs_point_into_one_data_file_holding_each_weight_once(name):
             else:
                 assert {e.key: e.value for e in init.external_data}["location"] == DECODER_DATA
     bb = tiny_backbone(name)
-    weights = _sizes(bb.model, decoder_keys(bb.model))
+    weights = _distinct_bytes(bb.model, decoder_keys(bb.model))
     tensors = manifest[DATA_FILES][DECODER_DATA]["tensors"]
     slices = {(t["offset"], t["length"]) for t in tensors.values()}
     tied = bool(getattr(bb.text_config, "tie_word_embeddings", False) or getattr(bb.config, "tie_word_embeddings",
@@ -109,7 +109,8 @@ def test_pipeline_sessions_share_one_copy_and_answer_as_per_session_copies():
     a = shared.generate(ids, visual, grid, max_new_tokens=8)
     b = own.generate(ids, visual, grid, max_new_tokens=8)
     np.testing.assert_array_equal(a.tokens, b.tokens)
-    np.testing.assert_array_equal(a.prefill.logits, b.prefill.logits)
+    # prepacked and plain MatMul kernels sum in different orders: equal up to float rounding
+    np.testing.assert_allclose(a.prefill.logits, b.prefill.logits, rtol=1e-5, atol=1e-5)
 
 
 def test_manifest_tensor_that_does_not_fit_its_file_is_refused(tmp_path):
