@@ -132,7 +132,7 @@ def calibrate(model, model_path, random_init, data_dir, samples, k, kl_threshold
     """Measure TME curves, stage layers and the SSR mode; write a profile JSON and a PNG of the curves."""
     from pathlib import Path
 
-    from .backbones import load_backbone
+    from .backbones.registry import reference_backbone
     from .calibration.data import DEFAULT_SEED, folder_samples, synthetic_samples
     from .calibration.run import calibrate as run_calibration, mode_reason, write_outputs
 
@@ -145,7 +145,7 @@ def calibrate(model, model_path, random_init, data_dir, samples, k, kl_threshold
         chosen, source = folder_samples(data_dir, samples), f"folder {data_dir}"
     else:
         chosen, source = synthetic_samples(samples or 16), f"synthetic (seed {DEFAULT_SEED})"
-    bb = load_backbone(model, model_path, random_init)
+    bb = reference_backbone(model, model_path, random_init)  # decoder layers streamed from a checkpoint
 
     def progress(phase, done, total):
         click.echo(f"calibrate: {phase} {done}/{total}", err=True)
@@ -180,7 +180,8 @@ def export_command(model, model_path, random_init, profile_path, out, opset, dty
 
     import torch
 
-    from .backbones import get_entry, load_backbone
+    from .backbones import get_entry
+    from .backbones.registry import open_backbone
     from .graphs.export import export_graphs
     from .method.plan import PruningPlan
     from .profile import Profile, shipped_profile
@@ -194,10 +195,11 @@ def export_command(model, model_path, random_init, profile_path, out, opset, dty
         if model_path is None:  # refuse a wrong profile before loading weights
             profile.check_backbone(entry.backbone.family, entry.make_config().text_config.num_hidden_layers, model)
         plan = PruningPlan.halfv(profile, coverage)
-    bb = load_backbone(model, model_path, random_init, dtype=torch.float16 if dtype == "fp16" else torch.float32)
+    # checkpoints are streamed tensor by tensor (a 7B model never sits in memory); random models are built
+    bb, weights = open_backbone(model, model_path, random_init, dtype=torch.float16 if dtype == "fp16" else torch.float32)
     out = Path(out) if out is not None else Path("graphs") / model
     manifest = export_graphs(bb, model, out, plan, profile, opset=int(opset), dtype=dtype,
-                             progress=lambda line: click.echo(line, err=True))
+                             progress=lambda line: click.echo(line, err=True), weights=weights)
     what = "unpruned" if plan is None else f"HalfV {coverage}, ssr {profile.ssr_mode}"
     click.echo(f"{model}: {', '.join(g['file'] for g in manifest['graphs'].values())} in {out} "
                f"(opset {opset}, {dtype}, {what})")
@@ -222,6 +224,7 @@ def check(graphs_dir, backend, engines_dir, report_path, junit_path, model_path,
     """Compare exported graphs with the PyTorch reference (Polygraphy + greedy tokens). Exit 1 on a mismatch."""
     from polygraphy.logger import G_LOGGER
 
+    from .method.activations import FP16_SAFE_MAX
     from .parity import check_graphs
 
     G_LOGGER.module_severity = G_LOGGER.ERROR  # our summary below replaces Polygraphy's per-output log
@@ -237,7 +240,7 @@ def check(graphs_dir, backend, engines_dir, report_path, junit_path, model_path,
         if not trt_report["passed"]:
             click.echo(f"FAILED: TensorRT engines in {engines_dir} differ from ONNX Runtime", err=True)
             sys.exit(1)
-    report = check_graphs(graphs_dir, model_path=model_path, random_init=random_init, threads=threads)
+    report = check_graphs(graphs_dir, model_path=model_path, random_init=random_init, threads=threads, progress=True)
     if report_path:
         report.save_json(report_path)
     if junit_path:
@@ -251,6 +254,10 @@ def check(graphs_dir, backend, engines_dir, report_path, junit_path, model_path,
         worst = f", max logits diff {max(diffs):.2g}" if diffs else ""
         click.echo(f"{kind:8} {sum(c.passed for c in items)}/{len(items)} comparisons passed over {cases} shapes"
                    f"{worst}")
+    if report.fp16_overflow_layers:
+        click.echo(f"warning: activations above {FP16_SAFE_MAX:.0e} in layers {report.fp16_overflow_layers} "
+                   f"(largest {max(report.activation_max):.3g}): an fp16 graph of this model would overflow there; "
+                   f"keep fp32 graphs for it", err=True)
     first = report.first_failure
     if first is not None:
         click.echo(f"FAILED ({report.model}, {report.dtype}): first difference: {first.describe()}", err=True)

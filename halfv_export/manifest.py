@@ -101,9 +101,9 @@ class Manifest(dict):
             path = self.folder / name
             if not path.is_file():
                 raise UserError(f"{self.folder}: graph file {name} is missing")
-                if sha256_file(path) != expected:
-                    raise UserError(f"{self.folder}: {name} does not match its sha256 in {MANIFEST_NAME} "
-                                    f"(modified or corrupt; export again)")
+            if sha256_file(path) != expected:
+                raise UserError(f"{self.folder}: {name} does not match its sha256 in {MANIFEST_NAME} "
+                                f"(modified or corrupt; export again)")
 
     def check_model(self, model: str) -> None:
         if self.get("model") != model:

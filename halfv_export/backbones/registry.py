@@ -250,3 +250,12 @@ def open_backbone(name: str, model_path: str | os.PathLike | None = None, random
         raise UserError(f"{path} is a {config.model_type} checkpoint, not {expected} ({entry.name})")
     bb = skeleton(entry, config, dtype)
     return bb, CheckpointWeights(path, bb.model)
+
+
+def reference_backbone(name: str, model_path: str | os.PathLike | None = None, random_init: bool = False) -> Backbone:
+    """The fp32 PyTorch reference for `check` and `calibrate`: a checkpoint's decoder layers are streamed
+    from its safetensors one or two at a time (backbones.checkpoint.stream_layers); random models in memory."""
+    from .checkpoint import stream_layers
+
+    bb, weights = open_backbone(name, model_path, random_init)
+    return stream_layers(bb, weights) if weights is not None else bb

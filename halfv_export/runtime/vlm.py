@@ -35,8 +35,8 @@ class Answer:
 class VlmPipeline:
     """The whole model from a graphs folder: vision graph + decoder graphs + tokenizer."""
 
-    def __init__(self, graphs_dir: str | os.PathLike, threads: int | None = None):
-        self.decoder = OrtPipeline(graphs_dir, threads)
+    def __init__(self, graphs_dir: str | os.PathLike, threads: int | None = None, share_weights: bool = True):
+        self.decoder = OrtPipeline(graphs_dir, threads, share_weights)
         manifest = self.decoder.manifest
         if "vision" not in manifest.get("graphs", {}):
             raise UserError(f"{manifest.folder} has no vision graph: export it again with this version")

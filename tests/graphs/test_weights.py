@@ -187,3 +187,16 @@ def test_activation_monitor_flags_layers_that_would_overflow_fp16():
         prefill(bb, inputs)
     assert 3 in fp16_overflow_layers(largest) and largest[3] > FP16_SAFE_MAX
     assert all(v < FP16_SAFE_MAX for v in largest[:3])
+
+
+def test_calibration_on_the_layer_streamed_reference_equals_the_in_memory_one():
+    from halfv_export.backbones.registry import load_backbone, reference_backbone
+    from halfv_export.calibration.data import synthetic_samples
+    from halfv_export.calibration.run import calibrate
+
+    samples = synthetic_samples(2)
+    streamed = reference_backbone("shapes-llava")
+    assert streamed.layer_source is not None
+    a = calibrate(load_backbone("shapes-llava"), "shapes-llava", samples).to_dict()
+    b = calibrate(streamed, "shapes-llava", samples).to_dict()
+    assert a == b
