@@ -25,15 +25,17 @@ from halfv_export.method.plan import PruningPlan
 
 MODEL, WIDTH, LAYERS, TOKENS = "qwen2.5-vl-7b", 512, 8, 16
 PROBE = """
-import json, resource, sys, time
+import json, sys
 from halfv_export.runtime.preprocess import load_image
 from halfv_export.runtime.vlm import VlmPipeline
 pipeline = VlmPipeline(sys.argv[1], threads=2, share_weights=sys.argv[2] == "shared")
 image = load_image(sys.argv[3])
 runs = [pipeline.answer(image, "what is in the picture", int(sys.argv[4])).stats for _ in range(3)]
+hwm_kb = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 print(json.dumps({"prefill_ms": [round(s["prefill_ms"], 1) for s in runs],
                   "decode_ms_per_token": [round(s["decode_ms_per_token"], 1) for s in runs],
-                  "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)}))
+                  # VmHWM: this process image's own peak (ru_maxrss would carry the parent's across exec)
+                  "peak_rss_gb": round(hwm_kb / 1e6, 3)}))
 """
 
 
