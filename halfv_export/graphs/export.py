@@ -1,11 +1,14 @@
 """Export the decoder graphs (embed, prefill with HalfV, decode) to ONNX plus a manifest, atomically.
 
-    backbone + plan --wrappers.py--> torch.onnx.export(dynamo=True, string dims, fps translation)
-                    --naming.py-->   /halfv/ivr/..., /halfv/ssr/... node names
-                    --checks-->      TopK K from shapes, no NonZero, onnx.checker full_check
-                    --> out_dir/{vision,embed,prefill,decode}.onnx (+ .data past 2 GB) + manifest.json
+    skeleton (meta) + plan --wrappers.py--> torch.onnx.export(dynamo=True, string dims, fps translation)
+                           --weights.py-->  weights streamed once into decoder.onnx.data, optimiser
+                           --naming.py-->   /halfv/ivr/..., /halfv/ssr/... node names
+                           --checks-->      TopK K from shapes, no NonZero, onnx.checker full_check
+                           --> out_dir/{vision,embed,prefill,decode}.onnx + decoder.onnx.data + manifest.json
 
-Precision: fp16 exports a half-precision copy of the model, so the precision lives in the ONNX
+Memory: the decoder graphs are traced without weights and each tensor is read from its source (a
+checkpoint or an in-memory model), converted and written once (docs/architecture.md).
+Precision: fp16 exports the weights in half precision, so the precision lives in the ONNX
 (TensorRT 11 builds strongly typed networks only). The softmax and the selection scores stay in fp32
 as in the reference. Expected agreement with the fp32 reference is looser: see FP16_TOLERANCE.
 """
@@ -231,7 +234,8 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
                     materialize(vision.model, [key], weights, torch_dtype)
                     advance(1)
             say("[export] vision.onnx ...")
-            graphs["vision"] = export_vision(vision, tmp / "vision.onnx", opset)
+            with _quiet_exporter():
+                graphs["vision"] = export_vision(vision, tmp / "vision.onnx", opset)
             del vision
             graphs["vision"]["export_seconds"] = round(time.perf_counter() - start, 2)
             say(f"[export] vision.onnx: {graphs['vision']['export_seconds']:.1f} s")
