@@ -4,17 +4,16 @@ TensorRT cannot run): identical graphs pass, a perturbed weight fails on logits 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
 from halfv_export.engines import profiles as prof
 from halfv_export.engines.builder import tensorrt_available
 from halfv_export.engines.compare import compare_outputs, compare_runners, compare_trt, parity_feeds
 from halfv_export.errors import UserError
-from halfv_export.manifest import Manifest
-from tests.runtime.exported import exported_graphs as exported
+from halfv_export.graphs.export import DECODER_DATA
+from halfv_export.manifest import DATA_FILES, Manifest
+from tests.runtime.exported import copy_graphs, exported_graphs as exported
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +38,18 @@ def test_same_graph_passes(qwen):
 
 def test_perturbed_weight_fails(qwen, tmp_path):
     manifest, ranges = qwen
-    model = onnx.load(str(manifest.path("prefill")))
-    biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))  # an LM weight matrix
-    perturbed = numpy_helper.to_array(biggest) * 1.5
-    biggest.CopyFrom(numpy_helper.from_array(perturbed.astype(np.float32), biggest.name))
-    onnx.save(model, str(tmp_path / "prefill.onnx"))
+    copy = copy_graphs("tiny-qwen2.5-vl", tmp_path)
+    copied = Manifest.load(copy)
+    tensors = copied[DATA_FILES][DECODER_DATA]["tensors"]
+    # the prefill graph's largest weight (an LM matrix), in the data file all decoder graphs share
+    biggest = max((tensors[n] for n in copied.graph("prefill")["shared_initializers"]), key=lambda t: t["length"])
+    weight = np.memmap(copy / DECODER_DATA, dtype=np.float32, mode="r+", offset=biggest["offset"],
+                       shape=tuple(biggest["shape"]))
+    weight *= np.float32(1.5)
+    weight.flush()
+    del weight
     feeds = parity_feeds(manifest, "prefill", ranges)
-    report = compare_runners(runner(manifest.path("prefill"), "ref"), runner(tmp_path / "prefill.onnx", "bad"),
+    report = compare_runners(runner(manifest.path("prefill"), "ref"), runner(copy / "prefill.onnx", "bad"),
                              feeds, "fp16")
     assert not report["passed"]
     assert not report["iterations"][1]["outputs"]["logits"]["passed"]

@@ -197,8 +197,10 @@ def test_embed_graph_equals_embedding_table(name):
 @pytest.mark.parametrize("name", TINY)
 def test_graph_prunes_with_shape_derived_k_and_named_nodes(name, coverage):
     path = exported(name, coverage).path("prefill")
-    onnx.checker.check_model(str(path), full_check=True)
-    model = onnx.load(str(path))
+    # the structure only (export itself ran onnx.checker's full check on the file): the shared session
+    # export's data file may be hard-linked by the Triton/Jetson tests, and onnx refuses to read external
+    # data through a file with several links
+    model = onnx.load(str(path), load_external_data=False)
     nodes = list(all_nodes(model.graph))
     constants = {i.name for i in model.graph.initializer} | {
         out for n in nodes if n.op_type == "Constant" for out in n.output}
