@@ -72,7 +72,10 @@ def choose_profile(bb, model: str, calibration_out: Path):
 
 
 def build(model: str, model_path=None, random_init: bool = False, out_root: str | Path = ".",
-          coverage: str = "fps", bench_tokens: tuple = (), bench_repeats: int = 3) -> BuildSummary:
+          coverage: str = "fps", bench_tokens: tuple = (), bench_repeats: int = 3,
+          quantization=None) -> BuildSummary:
+    """`quantization` (graphs/quantize.py): weight-only int8/int4 decoder weights; the benchmark keeps
+    measuring float graphs of a scaled model (it compares pruning schedules, not weight formats)."""
     from .backbones.registry import load_backbone
     from .engines.builder import build_engines, tensorrt_available
     from .graphs.export import export_graphs
@@ -85,7 +88,8 @@ def build(model: str, model_path=None, random_init: bool = False, out_root: str 
     say(f"[build] profile: IVR {profile.ivr_layer}, SSR {profile.ssr_layer} ({profile.ssr_mode}) - {source}")
 
     graphs_dir = out_root / "graphs" / model
-    manifest = export_graphs(bb, model, graphs_dir, PruningPlan.halfv(profile, coverage), profile, progress=say)
+    manifest = export_graphs(bb, model, graphs_dir, PruningPlan.halfv(profile, coverage), profile, progress=say,
+                             quantization=quantization)
     files = {name: (graphs_dir / name).stat().st_size for name in manifest.files()}
 
     say("[build] checking the graphs against the PyTorch reference ...")
@@ -96,7 +100,10 @@ def build(model: str, model_path=None, random_init: bool = False, out_root: str 
               "passed_count": sum(c.passed for c in report.comparisons),
               "first": first.describe() if first else None}
 
-    if tensorrt_available():
+    if quantization is not None and quantization.format == "nbits":
+        engines = "skipped: MatMulNBits graphs are for ONNX Runtime (--weights-format qdq for TensorRT)"
+        say(f"[build] engines {engines}")
+    elif tensorrt_available():
         record = build_engines(graphs_dir, out_root / "engines" / model)
         engines = f"built {', '.join(record['engines'])} in {out_root / 'engines' / model}"
     else:

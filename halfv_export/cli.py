@@ -37,6 +37,31 @@ graphs_option = click.option("--graphs", "graphs_dir", required=True, type=click
                              help="folder written by `halfv-export export`")
 
 
+def weights_options(fn):
+    """--weights / --block-size / --weights-format, shared by export and build."""
+    options = [
+        click.option("--weights", "weight_bits", type=click.Choice(["dtype", "int8", "int4"]), default="dtype",
+                     show_default=True,
+                     help="decoder linear weights: as --dtype, or weight-only int8/int4 (RTN, symmetric)"),
+        click.option("--block-size", type=click.Choice(["32", "64", "128"]), default="32", show_default=True,
+                     help="input rows per quantization scale (--weights int8/int4)"),
+        click.option("--weights-format", type=click.Choice(["nbits", "qdq"]), default="nbits", show_default=True,
+                     help="nbits: MatMulNBits for ONNX Runtime; qdq: blocked DequantizeLinear for TensorRT "
+                          "(its quantized graphs are opset 21)"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def quantization_of(weight_bits: str, block_size: str, weights_format: str):
+    if weight_bits == "dtype":
+        return None
+    from .graphs.quantize import BITS, Quantization
+
+    return Quantization(BITS[weight_bits], int(block_size), weights_format)
+
+
 def positive_int(ctx, param, value):
     if value is not None and value <= 0:
         raise click.BadParameter("must be a positive integer")
@@ -170,11 +195,15 @@ def calibrate(model, model_path, random_init, data_dir, samples, k, kl_threshold
               help="20: TensorRT 10 ceiling; 23 adds Attention/RMSNormalization")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="precision stored in the ONNX (fp16 for strongly typed TensorRT 11)")
+@weights_options
 @click.option("--coverage", type=click.Choice(["fps", "oneshot"]), default="fps", show_default=True,
               help="fps: exact HalfV (ONNX Loop); oneshot: one TopK, an approximation")
 @click.option("--no-prune", is_flag=True, help="export the unpruned decoder (the baseline)")
+@click.option("--roles", default="vision,embed,prefill,decode", show_default=True,
+              help="graphs to write (e.g. prefill alone, to time it)")
 @user_errors
-def export_command(model, model_path, random_init, profile_path, out, opset, dtype, coverage, no_prune):
+def export_command(model, model_path, random_init, profile_path, out, opset, dtype, weight_bits, block_size,
+                   weights_format, coverage, no_prune, roles):
     """Export embed, prefill (HalfV inside) and decode graphs to ONNX, with manifest.json."""
     from pathlib import Path
 
@@ -187,6 +216,7 @@ def export_command(model, model_path, random_init, profile_path, out, opset, dty
     from .profile import Profile, shipped_profile
 
     entry = get_entry(model)
+    quantization = quantization_of(weight_bits, block_size, weights_format)
     profile = plan = None
     if no_prune and profile_path is not None:
         raise UserError("--profile and --no-prune exclude each other")
@@ -199,10 +229,12 @@ def export_command(model, model_path, random_init, profile_path, out, opset, dty
     bb, weights = open_backbone(model, model_path, random_init, dtype=torch.float16 if dtype == "fp16" else torch.float32)
     out = Path(out) if out is not None else Path("graphs") / model
     manifest = export_graphs(bb, model, out, plan, profile, opset=int(opset), dtype=dtype,
-                             progress=lambda line: click.echo(line, err=True), weights=weights)
+                             progress=lambda line: click.echo(line, err=True), weights=weights,
+                             quantization=quantization, roles=tuple(r.strip() for r in roles.split(",") if r.strip()))
     what = "unpruned" if plan is None else f"HalfV {coverage}, ssr {profile.ssr_mode}"
+    weights_note = "" if quantization is None else f", {weight_bits} {weights_format} block {block_size}"
     click.echo(f"{model}: {', '.join(g['file'] for g in manifest['graphs'].values())} in {out} "
-               f"(opset {opset}, {dtype}, {what})")
+               f"(opset {opset}, {dtype}{weights_note}, {what})")
 
 
 # -- check (halfv_export.parity) --------------------------------------------------------------------
@@ -219,8 +251,13 @@ def export_command(model, model_path, random_init, profile_path, out, opset, dty
 @model_path_option
 @random_init_option
 @click.option("--threads", type=int, default=None, callback=positive_int, help="ONNX Runtime intra-op threads")
+@click.option("--max-batch", type=int, default=2, show_default=True, callback=positive_int,
+              help="largest batch of the compared shapes (1: half the reference forwards, for full-size models)")
+@click.option("--new-tokens", type=int, default=None, callback=positive_int,
+              help="greedy tokens compared per request (default: parity.NEW_TOKENS)")
 @user_errors
-def check(graphs_dir, backend, engines_dir, report_path, junit_path, model_path, random_init, threads):
+def check(graphs_dir, backend, engines_dir, report_path, junit_path, model_path, random_init, threads, max_batch,
+          new_tokens):
     """Compare exported graphs with the PyTorch reference (Polygraphy + greedy tokens). Exit 1 on a mismatch."""
     from polygraphy.logger import G_LOGGER
 
@@ -240,7 +277,8 @@ def check(graphs_dir, backend, engines_dir, report_path, junit_path, model_path,
         if not trt_report["passed"]:
             click.echo(f"FAILED: TensorRT engines in {engines_dir} differ from ONNX Runtime", err=True)
             sys.exit(1)
-    report = check_graphs(graphs_dir, model_path=model_path, random_init=random_init, threads=threads, progress=True)
+    report = check_graphs(graphs_dir, model_path=model_path, random_init=random_init, threads=threads, progress=True,
+                          max_batch=max_batch, **({"new_tokens": new_tokens} if new_tokens else {}))
     if report_path:
         report.save_json(report_path)
     if junit_path:
@@ -280,7 +318,7 @@ def run(graphs_dir, image, prompt, max_new_tokens, stats, threads):
     from .runtime.preprocess import load_image
     from .runtime.vlm import VlmPipeline
 
-    pipeline = VlmPipeline(graphs_dir, threads=threads)
+    pipeline = VlmPipeline(graphs_dir, threads=threads, one_shot=True)
     answer = pipeline.answer(load_image(image), prompt, max_new_tokens)
     click.echo(answer.text)
     if stats:
@@ -302,15 +340,17 @@ def run(graphs_dir, image, prompt, max_new_tokens, stats, threads):
 @click.option("--coverage", type=click.Choice(["fps", "oneshot"]), default="fps", show_default=True)
 @click.option("--bench-tokens", default="64,256", show_default=True,
               help="visual-token counts of the short benchmark (comma-separated; empty to skip)")
+@weights_options
 @user_errors
-def build(model, model_path, random_init, out_root, coverage, bench_tokens):
+def build(model, model_path, random_init, out_root, coverage, bench_tokens, weight_bits, block_size, weights_format):
     """calibrate (if no shipped profile fits) -> export -> check -> engine (if TensorRT) -> bench; one summary."""
     from .build import build as run_build
 
     tokens = tuple(int(t) for t in bench_tokens.split(",") if t.strip()) if bench_tokens else ()
     if any(t <= 0 for t in tokens):
         raise UserError(f"--bench-tokens must be positive integers, got {bench_tokens!r}")
-    summary = run_build(model, model_path, random_init, out_root, coverage, tokens)
+    summary = run_build(model, model_path, random_init, out_root, coverage, tokens,
+                        quantization=quantization_of(weight_bits, block_size, weights_format))
     for line in summary.table():
         click.echo(line)
     if not summary.parity["passed"]:

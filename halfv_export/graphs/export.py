@@ -11,6 +11,9 @@ checkpoint or an in-memory model), converted and written once (docs/architecture
 Precision: fp16 exports the weights in half precision, so the precision lives in the ONNX
 (TensorRT 11 builds strongly typed networks only). The softmax and the selection scores stay in fp32
 as in the reference. Expected agreement with the fp32 reference is looser: see FP16_TOLERANCE.
+Quantization (--weights int8|int4): the decoder's linear weights are quantized as they are written
+(graphs/quantize.py); the manifest's "quantization" records each one, so `check` can compare against a
+reference holding the same dequantized weights.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from ..versions import library_versions
 from . import naming
 from .fps import translation_table
 from .lint import check_topk_bound
+from .quantize import Quantization
 from .vision import export_vision
-from .weights import WeightFile, bind, check_weights_external, external_tensors, save_graph
+from .weights import WeightFile, bind, check_quantized, check_weights_external, external_tensors, save_graph
 from .wrappers import GraphSpec, decode_spec, embed_spec, prefill_spec
 
 OPSETS = tuple(range(18, 24))  # the dynamo exporter has no implementations below 18
@@ -160,10 +164,13 @@ def _export_decoder_graph(spec: GraphSpec, opset: int, hf_model, file: WeightFil
     model = _trace(spec, opset)
     bind(model, spec.module, hf_model, file)
     file.flush()  # the optimiser may read small weights back while folding
-    onnxscript.optimizer.optimize_ir(model)
+    # A DequantizeLinear of a (small) weight must not be folded back into a float constant.
+    onnxscript.optimizer.optimize_ir(model, should_fold=lambda node: False if node.op_type == "DequantizeLinear"
+                                     else None)
     onnxscript.rewriter.onnx_fusions.fuse(model)
     naming.name_pruning_nodes(model)
     check_graph(model, spec.role)
+    check_quantized(model, spec.role)
     check_weights_external(model, spec.role)
     save_graph(model, path)
     return model
@@ -188,7 +195,7 @@ def _copy_tokenizer(bb: Backbone, weights, folder: Path) -> None:
 def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | None, profile: Profile | None,
                   opset: int = 20, dtype: str = "fp32", progress: Callable[[str], None] | None = None,
                   visual_tokens: tuple[int, int, int] | None = None, roles: tuple = ROLES,
-                  weights=None) -> Manifest:
+                  weights=None, quantization: Quantization | None = None) -> Manifest:
     """Export vision.onnx, embed.onnx, prefill.onnx and decode.onnx for `bb` into `out_dir` (replaced as a whole).
 
     `roles` picks a subset (e.g. only "prefill" to time several plans); the manifest lists what was written.
@@ -196,6 +203,8 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
     checkpoint; default: `bb`'s own in-memory model). The graphs are traced on a meta-device copy of the
     model, and each weight is read, converted to `dtype` and written once, so memory stays near one
     tensor for the decoder (the vision tower is materialised whole: it is a small part of the model).
+    `quantization` stores the decoder's linear weights int8/int4 (graphs/quantize.py); the vision
+    graph and every other weight keep `dtype`.
     """
     if not roles or any(role not in ROLES for role in roles):
         raise UserError(f"roles must be a non-empty subset of {ROLES}, got {roles}")
@@ -222,7 +231,7 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
     decoder = decoder_keys(traced.model)
     builders = {"embed": lambda: embed_spec(traced), "prefill": lambda: prefill_spec(traced, plan, torch_dtype),
                 "decode": lambda: decode_spec(traced, torch_dtype)}
-    graphs, data_files, tensors = {}, {}, {}
+    graphs, data_files, tensors, quantized = {}, {}, {}, {}
     with atomic_dir(out_dir) as tmp:
         if "vision" in roles:
             start = time.perf_counter()
@@ -244,7 +253,7 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
         if decoder_roles:
             total = sum(t.numel() * t.element_size() for k, t in traced.model.state_dict().items() if k in decoder)
             with step("export: decoder weights", total=total, unit="B", enabled=progress is not None) as advance:
-                file = WeightFile(tmp, DECODER_DATA, weights, torch_dtype, advance)
+                file = WeightFile(tmp, DECODER_DATA, weights, torch_dtype, advance, quantization)
                 try:
                     for role in decoder_roles:
                         spec = builders[role]()
@@ -254,10 +263,12 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
                         model = _export_decoder_graph(spec, opset, traced.model, file, tmp / name)
                         file.flush()
                         onnx.checker.check_model(str(tmp / name), full_check=True)
-                        shared = external_tensors(model)
-                        tensors.update(shared)
+                        stored = external_tensors(model)
+                        tensors.update(stored)
+                        # Quantized weights are left to ONNX Runtime to map and prepack (runtime/weights.py).
+                        shared = sorted(n for n in stored if n not in file.quantized_names)
                         graphs[role] = {"file": name, "data": DECODER_DATA, "sha256": {name: sha256_file(tmp / name)},
-                                        "shared_initializers": sorted(shared),
+                                        "shared_initializers": shared,
                                         "inputs": _io(model.graph.inputs), "outputs": _io(model.graph.outputs),
                                         "nodes": sum(1 for _ in model.graph.all_nodes()),
                                         "export_seconds": round(time.perf_counter() - start, 2)}
@@ -267,12 +278,14 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
                     file.close()
             data_files[DECODER_DATA] = {"sha256": sha256_file(tmp / DECODER_DATA), "bytes": file.bytes,
                                         "tensors": tensors}
+            quantized = file.quantized_weights()
         content = {
             "schema_version": SCHEMA_VERSION, "kind": "graphs", "model": model_name, "backbone": bb.family,
             "profile": profile.to_dict() if profile is not None else None,
             "coverage": plan.selector if plan is not None and plan.selector in ("fps", "oneshot") else None,
             "plan": dataclasses.asdict(plan) if plan is not None else None,
             "opset": opset, "dtype": dtype, "config": _config(bb),
+            "quantization": None if quantization is None else {**quantization.to_dict(), "weights": quantized},
             "visual_tokens": dict(zip(("min", "opt", "max"), visual_tokens)),
             "graphs": graphs, DATA_FILES: data_files, "versions": library_versions(LIBRARIES),
         }

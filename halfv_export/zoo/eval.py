@@ -234,7 +234,9 @@ def evaluate_graphs(bb: Backbone, name: str, graphs_dir: str | os.PathLike, coun
         raise UserError(f"{graphs_dir} holds graphs of {manifest.get('model')!r}, not {name!r}")
     profile = Profile.from_dict(manifest["profile"]) if manifest.get("profile") else None
     plan = PruningPlan.halfv(profile, manifest.get("coverage") or "fps") if profile is not None else None
-    label = f"graphs ({'halfv-' + manifest['coverage'] if profile is not None else 'unpruned'})"
+    quant = manifest.get("quantization")
+    weights = f"int{quant['bits']} block {quant['block_size']}" if quant else manifest.get("dtype", "fp32")
+    label = f"graphs ({'halfv-' + manifest['coverage'] if profile is not None else 'unpruned'}, {weights})"
     samples = eval_questions(count)
     pipe = VlmPipeline(graphs_dir, threads=2)
     side = image_side(name)
@@ -251,7 +253,7 @@ def evaluate_graphs(bb: Backbone, name: str, graphs_dir: str | os.PathLike, coun
     acc, ref_acc = accuracy(samples, answers), accuracy(samples, reference)
     progress(f"{label}: accuracy {acc:.3f}, reference {ref_acc:.3f}, agreement {agree:.3f}")
     return {"model": name, "split": "test", "samples": count, "graphs": str(Path(graphs_dir)),
-            "profile": manifest.get("profile"), "coverage": manifest.get("coverage"),
+            "profile": manifest.get("profile"), "coverage": manifest.get("coverage"), "weights": weights,
             "results": [{"method": label, "keep": profile.ivr_keep if profile else 1.0, "accuracy": round(acc, 4),
                          "reference_accuracy": round(ref_acc, 4), "agreement_with_reference": round(agree, 4),
                          "flops_speedup": round(base / mine, 3), "by_kind": by_kind(samples, answers),
