@@ -13,6 +13,11 @@ only, the rules that make a parse or a build fail or make an engine misbehave:
   Loop         no scan outputs of dynamic length; loop-carried shapes fixed
   NonZero      refused: its output shape is data-dependent (needs an output allocator, no static
                memory plan, no CUDA graphs); select with TopK and a shape-derived K instead
+  DQ blocks   weight-only quantization (export --weights-format qdq): a blocked DequantizeLinear reads a
+               2-D initializer with constant scales and no non-zero zero point; TensorRT 10 blocks INT4
+               only, TensorRT 11 INT4 and INT8. Blocked DQ exists from opset 21: on trt10 (documented
+               range 9..20, but INT4 block quantization parsed since 10.0) opset 21 is a WARNING
+               for a graph that needs it. MatMulNBits (the ONNX Runtime form) is a contrib op: ERROR.
   typing       trt11 is strongly typed only. Decision: inputs of one op that mix float precisions
                under one type constraint are an ERROR (a weakly typed builder would insert the cast,
                a strongly typed one cannot); a graph whose matrix products are all float32 gets a
@@ -87,16 +92,21 @@ class Target:
     ops: frozenset
     dtypes: frozenset
     strongly_typed: bool
+    block_dtypes: frozenset = frozenset()  # quantized types a blocked DequantizeLinear may produce from
 
 
 TARGETS = {
     # TensorRT 10.0's parser: "operators in the inclusive range of opset 9 to opset 20" (operators.md).
     # Later 10.x parse up to 24, but JetPack 6 ships 10.3: 9..20 is the range every 10.x accepts.
+    # Block quantization: INT4 weights (10.0 release notes: INT4 weight-only with block quantization).
     "trt10": Target("trt10", "TensorRT 10.x (JetPack 6)", (9, 20), _PARSER_OPS_10_15 - _ADDED_AFTER_10_0,
-                    _TRT10_DTYPES, strongly_typed=False),
+                    _TRT10_DTYPES, strongly_typed=False, block_dtypes=frozenset({TensorProto.INT4})),
     # TensorRT 11 (JetPack 7): opset 9..24 as listed for 10.15 and 11.2; strongly typed networks only.
+    # Its Quantize/Dequantize layers take blocks for INT4, INT8, FP8 and FP4 (operator docs).
     "trt11": Target("trt11", "TensorRT 11.x (JetPack 7)", (9, 24), _PARSER_OPS_10_15,
-                    _TRT10_DTYPES | {TensorProto.FLOAT4E2M1}, strongly_typed=True),
+                    _TRT10_DTYPES | {TensorProto.FLOAT4E2M1}, strongly_typed=True,
+                    block_dtypes=frozenset({TensorProto.INT4, TensorProto.INT8, TensorProto.FLOAT8E4M3FN,
+                                            TensorProto.FLOAT4E2M1})),
 }
 
 
@@ -585,6 +595,17 @@ _ELEMENTWISE = {
 }
 
 
+BLOCKED_DQ_OPSET = 21  # DequantizeLinear's block_size attribute (and the INT4 type) are opset 21
+
+
+def _has_nonzero(tensor: onnx.TensorProto, base_dir: Path | None) -> bool:
+    """Whether a (zero-point) tensor holds a non-zero value; an unreadable one counts as non-zero."""
+    try:
+        return bool(np.any(numpy_helper.to_array(tensor, base_dir=str(base_dir or "")) != 0))
+    except Exception:  # external data missing or a type numpy cannot hold
+        return True
+
+
 # -- the rules --------------------------------------------------------------------------------------
 class _GraphLint:
     """Lints one model for one target; findings accumulate in self.findings."""
@@ -624,18 +645,29 @@ class _GraphLint:
         return self.findings
 
     # opset and ops
+    def _blocked_dq(self) -> bool:
+        return any(n.op_type == "DequantizeLinear" and _attr(n, "block_size", 0) for _, n in _walk(self.model.graph))
+
     def check_opset(self):
         lo, hi = self.target.opset
         if self.opset is None:
             self.add("ERROR", self.graph, "no default-domain opset import")
+        elif self.opset == BLOCKED_DQ_OPSET and hi < BLOCKED_DQ_OPSET and self._blocked_dq() \
+                and TensorProto.INT4 in self.target.block_dtypes:
+            self.add("WARNING", self.graph, f"opset {self.opset} is past the {lo}..{hi} the {self.target.label} "
+                                            f"parser documents; blocked DequantizeLinear (INT4 weight-only, parsed "
+                                            f"since TensorRT 10.0) only exists from opset {BLOCKED_DQ_OPSET}: "
+                                            f"verify the parse on your TensorRT version")
         elif not lo <= self.opset <= hi:
             self.add("ERROR", self.graph, f"opset {self.opset} is outside {lo}..{hi}, the range the "
                                           f"{self.target.label} ONNX parser accepts")
 
     def check_op(self, label, node):
         if node.domain not in ("", "ai.onnx"):
+            hint = ("; export with --weights-format qdq for TensorRT"
+                    if node.op_type == "MatMulNBits" else "")
             self.add("ERROR", label, f"op {node.domain}::{node.op_type} is not an ONNX op and no plugin "
-                                     f"for it ships with {self.target.label}")
+                                     f"for it ships with {self.target.label}{hint}")
             return
         if node.op_type not in self.target.ops:
             self.add("ERROR", label, f"op {node.op_type} is not supported by the {self.target.label} ONNX "
@@ -761,6 +793,29 @@ class _GraphLint:
     def check_ScatterND(self, label, node):
         if _attr(node, "reduction", b"none") not in (b"none", "none"):
             self.add("ERROR", label, "ScatterND with a reduction is not supported by TensorRT")
+
+    def check_DequantizeLinear(self, label, node):
+        block = _attr(node, "block_size", 0)
+        if not block:
+            return  # per-tensor / per-axis: the parser's ordinary Q/DQ rules
+        data = self.scope.constants.get(node.input[0])
+        if data is None:
+            self.add("ERROR", label, "blocked DequantizeLinear of a run-time tensor: TensorRT blocks weights only")
+            return
+        if data.data_type not in self.target.block_dtypes:
+            allowed = ", ".join(_dtype_name(t) for t in sorted(self.target.block_dtypes)) or "none"
+            self.add("ERROR", label, f"blocked DequantizeLinear of {_dtype_name(data.data_type)}: "
+                                     f"{self.target.label} blocks {allowed}")
+        if len(data.dims) != 2:
+            self.add("ERROR", label, f"blocked DequantizeLinear of a rank-{len(data.dims)} weight: TensorRT "
+                                     f"takes 2-D weights")
+        if len(node.input) < 2 or node.input[1] not in self.scope.constants:
+            self.add("ERROR", label, "blocked DequantizeLinear scales must be build-time constants")
+        if len(node.input) > 2 and node.input[2]:
+            zero = self.scope.constants.get(node.input[2])
+            if zero is None or _has_nonzero(zero, self.base_dir):
+                self.add("ERROR", label, "DequantizeLinear zero point must be zero: TensorRT quantization is "
+                                         "symmetric")
 
     def check_Attention(self, label, node):
         if any(node.input[4:6]) or any(node.output[1:]):
