@@ -35,7 +35,10 @@ from .progress import step
 # keeps ~3 decimal digits and the error grows over the layers, so fp16 uses the exporter's measured
 # bound (graphs.export.FP16_TOLERANCE, 5e-2). Kept indices and tokens stay exact in both (a near-tie
 # flipped by fp16 rounding is reported as a difference, not hidden).
-TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (5e-2, 5e-2)}
+# Quantized fp32 graphs ("fp32-quantized") are compared with a reference holding the same dequantized weights;
+# MatMulNBits sums each product block by block, in another order than the reference's matmul, and over a
+# deep model that drift outgrows 1e-4 (docs/architecture.md): 1e-3. Kept indices and tokens stay exact.
+TOLERANCES = {"fp32": (1e-4, 1e-4), "fp32-quantized": (1e-3, 1e-3), "fp16": (5e-2, 5e-2)}
 INDEX_OUTPUTS = ("kept_ivr", "kept_ssr")
 NEW_TOKENS = 16
 ONNX_RUNNER, TORCH_RUNNER = "onnxrt", "torch-reference"
@@ -439,13 +442,15 @@ def generate_cases(manifest: Manifest) -> list[Case]:
 
 
 def check_graphs(graphs_dir, model_path=None, random_init: bool = False, threads: int | None = None,
-                 new_tokens: int = NEW_TOKENS, progress: bool = False) -> ParityReport:
+                 new_tokens: int = NEW_TOKENS, progress: bool = False, max_batch: int = 2) -> ParityReport:
     """Rebuild the reference for the manifest's model and compare; raises UserError for unusable input.
 
     A checkpoint's reference is layer-streamed (backbones.checkpoint.stream_layers): one or two decoder
     layers in memory at a time, fp32 compute, so a 7B check needs about a layer of memory on this side.
+    A quantized folder's reference holds the folder's own dequantized linear weights (same tolerances).
     """
     from .backbones.registry import get_entry, reference_backbone
+    from .graphs.quantize import DequantizedWeights
     from .method.activations import fp16_overflow_layers, watch_layers
     from .runtime.pipeline import OrtPipeline
 
@@ -455,14 +460,19 @@ def check_graphs(graphs_dir, model_path=None, random_init: bool = False, threads
     name = manifest.get("model")
     entry = get_entry(str(name))  # unknown model -> UserError
     dtype = manifest.get("dtype", "fp32")
-    if dtype not in TOLERANCES:
-        raise UserError(f"{manifest.folder}: unsupported dtype {dtype!r} (known: {', '.join(TOLERANCES)})")
-    bb = reference_backbone(entry.name, model_path=model_path, random_init=random_init)
+    if dtype not in ("fp32", "fp16"):
+        raise UserError(f"{manifest.folder}: unsupported dtype {dtype!r} (known: fp32, fp16)")
+    if dtype == "fp32" and manifest.get("quantization"):
+        dtype = "fp32-quantized"  # the tolerance key; the precision the graphs compute in is still fp32
+    bb = reference_backbone(entry.name, model_path=model_path, random_init=random_init, vision=False,
+                            quantized=(lambda base: DequantizedWeights(base, manifest))
+                            if manifest.get("quantization") else None)
     check_same_model(manifest, bb, pipeline.sessions)
     plan = reference_plan(manifest, bb.family, bb.num_layers)
     maker = RequestMaker(bb, dtype)
     report = ParityReport(str(manifest.folder), entry.name, dtype, None if plan is None else asdict(plan))
-    prefill_cases, token_cases = default_cases(manifest), generate_cases(manifest)
+    prefill_cases = [c for c in default_cases(manifest) if c.batch <= max_batch]
+    token_cases = [c for c in generate_cases(manifest) if c.batch <= max_batch]
     with watch_layers(bb.text_model.layers) as largest:
         with step("check: prefill graph vs reference", len(prefill_cases), "shapes", progress) as advance:
             report.comparisons += compare_prefill(manifest, bb, plan, maker, prefill_cases, dtype,

@@ -145,6 +145,20 @@ class CheckpointWeights:
             raise UserError(f"cannot read {name} from {self.folder / file}: {exc}") from None
 
 
+def linear_weight_keys(model) -> dict[str, str]:
+    """Every nn.Linear weight's state-dict name -> the first name of the same tensor (a tied lm_head's
+    weight is first named as the embedding: the key the exporter stores it under)."""
+    first = {}
+    for name, tensor in model.named_parameters(remove_duplicate=False):
+        first.setdefault(id(tensor), name)
+    out = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, torch.nn.Linear):
+            name = f"{path}.weight" if path else "weight"
+            out[name] = first[id(module.weight)]
+    return out
+
+
 def materialize(model, keys, source, dtype) -> None:
     """Give the parameters/buffers `keys` of a skeleton model real CPU storage from `source`."""
     for key in keys:
@@ -198,12 +212,15 @@ class LayerStream:
         return (self[i] for i in range(len(self)))
 
 
-def stream_layers(bb, source, dtype=torch.float32):
+def stream_layers(bb, source, dtype=torch.float32, vision: bool = True):
     """Make a skeleton backbone usable as the reference: every weight outside the decoder layers in
-    memory (embeddings, final norm, lm_head, vision tower), the layers streamed from `source`."""
+    memory (embeddings, final norm, lm_head, and the vision tower unless `vision` is False: a caller
+    that feeds visual embeddings itself), the layers streamed from `source`."""
     layers = bb.text_model.layers
     layer_ids = {id(t) for t in list(layers.parameters()) + list(layers.buffers())}
-    rest = [k for k, t in bb.model.state_dict(keep_vars=True).items() if id(t) not in layer_ids and t.is_meta]
+    text_ids = {id(t) for m in (bb.text_model, bb.model.lm_head) for t in list(m.parameters()) + list(m.buffers())}
+    rest = [k for k, t in bb.model.state_dict(keep_vars=True).items()
+            if id(t) not in layer_ids and t.is_meta and (vision or id(t) in text_ids)]
     materialize(bb.model, rest, source, dtype)
     bb.layer_source = LayerStream(bb.model, layers, source, dtype)
     return bb

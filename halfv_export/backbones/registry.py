@@ -205,7 +205,25 @@ def checkpoint_folder(name: str, model_path: str | os.PathLike | None = None, ra
         raise UserError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
     if not any(path.glob("*.safetensors")):
         raise UserError(f"{path} has no *.safetensors weights")
+    quantized = _quantization_method(path / "config.json")
+    if quantized:
+        raise UserError(f"{path} holds already quantized weights ({quantized}): halfv-export reads float "
+                        f"checkpoints (export --weights int8/int4 quantizes them)")
     return path
+
+
+def _quantization_method(config_json: Path) -> str | None:
+    """The quantization a checkpoint's config declares (AWQ, GPTQ, bitsandbytes, ...), if any."""
+    import json
+
+    try:
+        config = json.loads(config_json.read_text())
+    except (OSError, ValueError):
+        return None  # an unreadable config is reported where it is parsed
+    declared = config.get("quantization_config") if isinstance(config, dict) else None
+    if not declared:
+        return None
+    return str(declared.get("quant_method", "quantized")) if isinstance(declared, dict) else "quantized"
 
 
 def _first_line(exc: Exception) -> str:
@@ -252,10 +270,37 @@ def open_backbone(name: str, model_path: str | os.PathLike | None = None, random
     return bb, CheckpointWeights(path, bb.model)
 
 
-def reference_backbone(name: str, model_path: str | os.PathLike | None = None, random_init: bool = False) -> Backbone:
+def reference_backbone(name: str, model_path: str | os.PathLike | None = None, random_init: bool = False,
+                       quantized=None, vision: bool = True) -> Backbone:
     """The fp32 PyTorch reference for `check` and `calibrate`: a checkpoint's decoder layers are streamed
-    from its safetensors one or two at a time (backbones.checkpoint.stream_layers); random models in memory."""
-    from .checkpoint import stream_layers
+    from its safetensors one or two at a time (backbones.checkpoint.stream_layers); random models in memory.
+
+    `quantized`: a source whose `tensor(key)` answers the dequantized linear weights of a quantized
+    graphs folder for the keys it contains (graphs/quantize.py DequantizedWeights over these weights):
+    the reference then computes with the same weights as the graphs. `vision=False` leaves a checkpoint's
+    vision tower unloaded (for callers that feed visual embeddings themselves, as `check` does)."""
+    from .checkpoint import ModelWeights, linear_weight_keys, materialize, stream_layers
 
     bb, weights = open_backbone(name, model_path, random_init)
-    return stream_layers(bb, weights) if weights is not None else bb
+    if quantized is None:
+        return stream_layers(bb, weights, vision=vision) if weights is not None else bb
+    source = quantized(weights if weights is not None else ModelWeights(bb.model))
+    if weights is not None:
+        bb = stream_layers(bb, source, vision=vision)
+    streamed = bb.layer_source.keys if bb.layer_source is not None else []
+    in_layers = {k for keys in streamed for k in keys}
+    for name_, canonical in linear_weight_keys(bb.model).items():
+        if canonical in source and name_ not in in_layers:  # a tied lm_head reads its own (quantized) copy
+            with torch.no_grad():
+                materialize(bb.model, [name_], _Renamed(source, {name_: canonical}), torch.float32)
+    return bb
+
+
+class _Renamed:
+    """A weight source that answers `key` with another key's tensor."""
+
+    def __init__(self, source, names: dict):
+        self.source, self.names = source, names
+
+    def tensor(self, key, dtype):
+        return self.source.tensor(self.names.get(key, key), dtype)
