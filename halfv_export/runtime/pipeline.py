@@ -36,19 +36,27 @@ ROLES = ("embed", "prefill", "decode")
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
-def make_session(path: os.PathLike, threads: int | None = None, shared: dict | None = None) -> ort.InferenceSession:
+def make_session(path: os.PathLike, threads: int | None = None, shared: dict | None = None,
+                 quantization: dict | None = None) -> ort.InferenceSession:
     """A CPU session; a file ONNX Runtime cannot load becomes one UserError line.
 
     `shared`: initializer name -> OrtValue held by the caller (runtime/weights.py), the same objects for
     every session of a folder; prepacking is off then, since it would copy each of them per session.
+    `quantization`: the manifest's record of int8/int4 weights. Those are not shared (ONNX Runtime maps
+    them from the data file) and need prepacking (MatMulNBits without it dequantizes on every call);
+    a DequantizeLinear -> MatMul that ONNX Runtime fuses computes at the manifest's accuracy level.
     """
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    if shared:
+    if quantization:
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level",
+                                         str(quantization.get("accuracy_level", 0)))
+    if shared and not quantization:
         options.add_session_config_entry("session.disable_prepacking", "1")
+    if shared:
         for name, value in shared.items():
             options.add_initializer(name, value)
     try:
@@ -87,10 +95,12 @@ def cache_bytes(cache) -> list[int]:
 class OrtPipeline:
     """One ORT session per graph of a verified graphs folder (manifest sha256 checked on load)."""
 
-    def __init__(self, graphs_dir: str | os.PathLike, threads: int | None = None, share_weights: bool = True):
+    def __init__(self, graphs_dir: str | os.PathLike, threads: int | None = None, share_weights: bool = True,
+                 manifest: Manifest | None = None):
         """`share_weights`: one mapped copy of the decoder weights for all sessions, no prepacking (the
-        default: about half the memory); False lets each session prepack its own copy (faster steps)."""
-        self.manifest = Manifest.load(graphs_dir, verify=True)
+        default: about half the memory); False lets each session prepack its own copy (faster steps).
+        `manifest`: the folder's manifest, already verified by the caller (else loaded and verified here)."""
+        self.manifest = manifest if manifest is not None else Manifest.load(graphs_dir, verify=True)
         self.config = self.manifest.get("config", {})
         for key in ("num_layers", "num_kv_heads", "head_dim", "image_token_id", "position_rows"):
             if key not in self.config:
@@ -100,8 +110,10 @@ class OrtPipeline:
         self.num_layers = int(self.config["num_layers"])
         self.position_rows = int(self.config["position_rows"])
         self.shared = SharedWeights(self.manifest) if share_weights else None
+        quantization = self.manifest.get("quantization")
         self.sessions = {role: make_session(self.manifest.path(role), threads,
-                                            self.shared.for_graph(self.manifest.graph(role)) if self.shared else None)
+                                            self.shared.for_graph(self.manifest.graph(role)) if self.shared else None,
+                                            quantization)
                          for role in ROLES}
         self._check_io()
 

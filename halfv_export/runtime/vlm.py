@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
+from ..manifest import Manifest
 from .pipeline import Generation, OrtPipeline, make_session
 from .preprocess import expand_prompt
 from .text import load_tokenizer, prompt_ids
@@ -35,23 +36,42 @@ class Answer:
 class VlmPipeline:
     """The whole model from a graphs folder: vision graph + decoder graphs + tokenizer."""
 
-    def __init__(self, graphs_dir: str | os.PathLike, threads: int | None = None, share_weights: bool = True):
-        self.decoder = OrtPipeline(graphs_dir, threads, share_weights)
-        manifest = self.decoder.manifest
-        if "vision" not in manifest.get("graphs", {}):
-            raise UserError(f"{manifest.folder} has no vision graph: export it again with this version")
-        self.preprocess = manifest.graph("vision")["preprocess"]
-        self.vision = make_session(manifest.path("vision"), threads)
-        self.tokenizer = load_tokenizer(manifest.folder)
-        self.config = manifest["config"]
+    def __init__(self, graphs_dir: str | os.PathLike, threads: int | None = None, share_weights: bool = True,
+                 one_shot: bool = False):
+        """`one_shot`: for a single request (`run`): the vision session loads when the image is encoded and
+        is released before the decoder sessions load, so the peak memory is the larger of the two, not
+        their sum. Otherwise every session loads here and stays (a server, an evaluation loop)."""
+        self.manifest = Manifest.load(graphs_dir, verify=True)
+        if "vision" not in self.manifest.get("graphs", {}):
+            raise UserError(f"{self.manifest.folder} has no vision graph: export it again with this version")
+        self.preprocess = self.manifest.graph("vision")["preprocess"]
+        self.threads, self.share_weights, self.one_shot = threads, share_weights, one_shot
+        self._vision = None if one_shot else self._vision_session()
+        self._decoder = None if one_shot else self._decoder_pipeline()
+        self.tokenizer = load_tokenizer(self.manifest.folder)
+        self.config = self.manifest["config"]
+
+    def _vision_session(self):
+        return make_session(self.manifest.path("vision"), self.threads)
+
+    def _decoder_pipeline(self) -> OrtPipeline:
+        return OrtPipeline(self.manifest.folder, self.threads, self.share_weights, manifest=self.manifest)
+
+    @property
+    def decoder(self) -> OrtPipeline:
+        if self._decoder is None:
+            self._decoder = self._decoder_pipeline()
+        return self._decoder
 
     def encode(self, image, prompt: str):
         """(input_ids [1, S], visual_embeds [1, N, D], image_grid_thw or None) for one request."""
         request = vision_request([image], self.preprocess)
         self.check_visual_tokens(request.counts[0])
+        session = self._vision if self._vision is not None else self._vision_session()
         began = time.perf_counter()
-        features = self.vision.run(None, request.feed)[0]
+        features = session.run(None, request.feed)[0]
         vision_ms = (time.perf_counter() - began) * 1e3
+        del session  # one_shot: the vision weights go before the decoder's load
         before, after = prompt_ids(self.tokenizer, self.config["family"], prompt, self.config.get("bos_token_id"))
         ids = expand_prompt(self.preprocess, request.counts[0], before, after).input_ids
         features = features.reshape(1, request.counts[0], -1)
@@ -59,7 +79,7 @@ class VlmPipeline:
 
     def check_visual_tokens(self, count: int) -> None:
         """The manifest's visual-token range is what engines are profiled for: refuse images outside it."""
-        limits = self.decoder.manifest.get("visual_tokens", {})
+        limits = self.manifest.get("visual_tokens", {})
         low, high = int(limits.get("min", 1)), int(limits.get("max", count))
         if not low <= count <= high:
             raise UserError(f"{count} visual tokens is outside the range these graphs were built for "

@@ -34,8 +34,9 @@ class SharedWeights:
         self._values: dict[str, ort.OrtValue] = {}
         self._arrays = []  # keeps the mapped slices alive as long as the OrtValues that wrap them
         by_slice = {}
+        wanted = {n for g in manifest.get("graphs", {}).values() for n in g.get("shared_initializers") or []}
         for file, entry in (manifest.get(DATA_FILES) or {}).items():
-            tensors = entry.get("tensors") or {}
+            tensors = {n: info for n, info in (entry.get("tensors") or {}).items() if n in wanted}
             if not tensors:
                 continue
             path = self.folder / file
