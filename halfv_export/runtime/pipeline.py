@@ -66,6 +66,21 @@ def make_session(path: os.PathLike, threads: int | None = None, shared: dict | N
         raise UserError(f"ONNX Runtime cannot load {path}: {first}") from None
 
 
+class _Sessions(dict):
+    """role -> ONNX Runtime session, loaded on first use."""
+
+    def __init__(self, load):
+        super().__init__()
+        self._load = load
+
+    def __missing__(self, role: str) -> ort.InferenceSession:
+        session = self[role] = self._load(role)
+        return session
+
+    def release(self, role: str) -> None:
+        self.pop(role, None)
+
+
 @dataclass
 class PrefillOutput:
     logits: np.ndarray  # [B, vocab] at the last prompt position
@@ -96,10 +111,13 @@ class OrtPipeline:
     """One ORT session per graph of a verified graphs folder (manifest sha256 checked on load)."""
 
     def __init__(self, graphs_dir: str | os.PathLike, threads: int | None = None, share_weights: bool = True,
-                 manifest: Manifest | None = None):
+                 manifest: Manifest | None = None, one_shot: bool = False):
         """`share_weights`: one mapped copy of the decoder weights for all sessions, no prepacking (the
         default: about half the memory); False lets each session prepack its own copy (faster steps).
-        `manifest`: the folder's manifest, already verified by the caller (else loaded and verified here)."""
+        `manifest`: the folder's manifest, already verified by the caller (else loaded and verified here).
+        `one_shot`: for one generation (`run`): each session loads when first used and the prefill session
+        is released once the prompt is in the cache, so a quantized model's prefill and decode weights
+        (prepacked per session) are not held together. Otherwise all sessions load here and stay."""
         self.manifest = manifest if manifest is not None else Manifest.load(graphs_dir, verify=True)
         self.config = self.manifest.get("config", {})
         for key in ("num_layers", "num_kv_heads", "head_dim", "image_token_id", "position_rows"):
@@ -109,32 +127,43 @@ class OrtPipeline:
         self.profile = Profile.from_dict(profile) if profile else None
         self.num_layers = int(self.config["num_layers"])
         self.position_rows = int(self.config["position_rows"])
+        self.dtype = np.float16 if self.manifest.get("dtype") == "fp16" else np.float32
+        self.threads, self.one_shot = threads, one_shot
         self.shared = SharedWeights(self.manifest) if share_weights else None
-        quantization = self.manifest.get("quantization")
-        self.sessions = {role: make_session(self.manifest.path(role), threads,
-                                            self.shared.for_graph(self.manifest.graph(role)) if self.shared else None,
-                                            quantization)
-                         for role in ROLES}
-        self._check_io()
+        self.sessions = _Sessions(self._load)
+        if not one_shot:
+            for role in ROLES:
+                self.sessions[role]
 
     # -- graph I/O -----------------------------------------------------------------------------------
-    def _check_io(self) -> None:
+    def _load(self, role: str) -> ort.InferenceSession:
+        shared = self.shared.for_graph(self.manifest.graph(role)) if self.shared else None
+        session = make_session(self.manifest.path(role), self.threads, shared, self.manifest.get("quantization"))
+        self._check_io(role, session)
+        return session
+
+    def _check_io(self, role: str, session: ort.InferenceSession) -> None:
         expected = {
+            "embed": [],
             "prefill": ["prefix_embeds", "visual_embeds", "suffix_embeds", "position_ids"],
             "decode": ["token_embeds", "position_ids"] + self._cache_names("past"),
-        }
-        for role, names in expected.items():
-            have = {i.name for i in self.sessions[role].get_inputs()}
-            missing = [n for n in names if n not in have]
-            if missing:
-                raise UserError(f"{self.manifest.path(role)} lacks inputs {missing}: not a halfv-export {role} graph")
-        outputs = {o.name for o in self.sessions["prefill"].get_outputs()}
-        if "logits" not in outputs or not set(self._cache_names("present")) <= outputs:
-            raise UserError(f"{self.manifest.path('prefill')} lacks logits/present outputs for "
-                            f"{self.num_layers} layers")
-        self.embed_output = self.sessions["embed"].get_outputs()[0].name
-        self.embed_input = self.sessions["embed"].get_inputs()[0].name
-        self.dtype = ORT_DTYPES.get(self.sessions["decode"].get_inputs()[0].type, np.float32)
+        }[role]
+        inputs = {i.name: i for i in session.get_inputs()}
+        missing = [n for n in expected if n not in inputs]
+        if missing:
+            raise UserError(f"{self.manifest.path(role)} lacks inputs {missing}: not a halfv-export {role} graph")
+        if role == "prefill":
+            outputs = {o.name for o in session.get_outputs()}
+            if "logits" not in outputs or not set(self._cache_names("present")) <= outputs:
+                raise UserError(f"{self.manifest.path('prefill')} lacks logits/present outputs for "
+                                f"{self.num_layers} layers")
+        if role == "embed":
+            self.embed_output = session.get_outputs()[0].name
+            self.embed_input = session.get_inputs()[0].name
+        float_input = {"prefill": "visual_embeds", "decode": "token_embeds"}.get(role)
+        if float_input and ORT_DTYPES.get(inputs[float_input].type, np.float32) != self.dtype:
+            raise UserError(f"{self.manifest.path(role)} takes {inputs[float_input].type}, the manifest says "
+                            f"{self.manifest.get('dtype')}")
 
     def _cache_names(self, prefix: str) -> list[str]:
         return [f"{prefix}.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")]
@@ -144,6 +173,7 @@ class OrtPipeline:
         return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
+        self.sessions["embed"]  # loads it (and learns its I/O names) in one_shot mode
         return self._run("embed", {self.embed_input: np.ascontiguousarray(input_ids, dtype=np.int64)})[
             self.embed_output]
 
@@ -170,6 +200,8 @@ class OrtPipeline:
         start, count = visual_span(ids, int(self.config["image_token_id"]))
         positions, next_position = prompt_positions(ids, self.position_rows, int(self.config["image_token_id"]),
                                                     image_grid_thw, int(self.config.get("spatial_merge_size", 2)))
+        for role in ("embed", "prefill" if count else "decode"):
+            self.sessions[role]  # one_shot: loaded before the clock starts
         began = time.perf_counter()
         embeds = self.embed(ids)
         if count == 0:
@@ -202,9 +234,12 @@ class OrtPipeline:
         if max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         pre = self.prefill(input_ids, visual_embeds, image_grid_thw)
+        if self.one_shot:
+            self.sessions.release("prefill")  # the prompt is in the cache: its weights can go
         token = pre.logits.argmax(axis=-1).astype(np.int64)
         finished = token == eos_token_id if eos_token_id is not None else np.zeros(token.shape, bool)
         tokens, cache = [token], pre.cache
+        self.sessions["decode"]  # one_shot: loaded before the clock starts
         began = time.perf_counter()
         for step in range(max_new_tokens - 1):
             if finished.all():

@@ -39,8 +39,9 @@ class VlmPipeline:
     def __init__(self, graphs_dir: str | os.PathLike, threads: int | None = None, share_weights: bool = True,
                  one_shot: bool = False):
         """`one_shot`: for a single request (`run`): the vision session loads when the image is encoded and
-        is released before the decoder sessions load, so the peak memory is the larger of the two, not
-        their sum. Otherwise every session loads here and stays (a server, an evaluation loop)."""
+        is released before the decoder sessions load, and the prefill session goes before decoding
+        (OrtPipeline one_shot), so the peak memory is the largest stage's, not their sum. Otherwise every
+        session loads here and stays (a server, an evaluation loop)."""
         self.manifest = Manifest.load(graphs_dir, verify=True)
         if "vision" not in self.manifest.get("graphs", {}):
             raise UserError(f"{self.manifest.folder} has no vision graph: export it again with this version")
@@ -55,7 +56,8 @@ class VlmPipeline:
         return make_session(self.manifest.path("vision"), self.threads)
 
     def _decoder_pipeline(self) -> OrtPipeline:
-        return OrtPipeline(self.manifest.folder, self.threads, self.share_weights, manifest=self.manifest)
+        return OrtPipeline(self.manifest.folder, self.threads, self.share_weights, manifest=self.manifest,
+                           one_shot=self.one_shot)
 
     @property
     def decoder(self) -> OrtPipeline:
