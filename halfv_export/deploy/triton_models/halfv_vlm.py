@@ -83,18 +83,22 @@ class BlsPipeline(OrtPipeline):
         self.profile = Profile.from_dict(profile) if profile else None
         self.num_layers = int(self.config["num_layers"])
         self.position_rows = int(self.config["position_rows"])
+        self.dtype = np.float16 if manifest.get("dtype") == "fp16" else np.float32
+        self.one_shot = False
         self.sessions = {role: BlsSession(models[role], manifest.graph(role)) for role in ROLES}
-        self._check_io()
+        for role, session in self.sessions.items():
+            self._check_io(role, session)
 
 
 class BlsVlm(VlmPipeline):
     def __init__(self, graphs_dir: str, models: dict):
-        manifest = Manifest.load(graphs_dir, verify=False)  # the ONNX files live in the role models
-        self.decoder = BlsPipeline(manifest, models)
-        self.preprocess = manifest.graph("vision")["preprocess"]
-        self.vision = BlsSession(models["vision"], manifest.graph("vision"))
-        self.tokenizer = load_tokenizer(manifest.folder)
-        self.config = manifest["config"]
+        self.manifest = Manifest.load(graphs_dir, verify=False)  # the ONNX files live in the role models
+        self.one_shot = False
+        self._decoder = BlsPipeline(self.manifest, models)
+        self.preprocess = self.manifest.graph("vision")["preprocess"]
+        self._vision = BlsSession(models["vision"], self.manifest.graph("vision"))
+        self.tokenizer = load_tokenizer(self.manifest.folder)
+        self.config = self.manifest["config"]
 
 
 def _parameter(config: dict, key: str, default: str) -> str:
