@@ -64,7 +64,7 @@ def test_both_forms_hold_the_same_rounded_weights(bits, block):
     ("tiny-qwen2.5-vl", 4, "nbits"),
     pytest.param("tiny-llava", 8, "nbits", marks=pytest.mark.slow),
     pytest.param("tiny-qwen2.5-vl", 8, "qdq", marks=pytest.mark.slow),
-    ("tiny-llava", 4, "qdq")])
+    pytest.param("tiny-llava", 4, "qdq", marks=pytest.mark.slow)])
 def test_quantized_graphs_pass_check_against_the_dequantized_reference(name, bits, fmt, tmp_path, int4_qwen):
     folder = int4_qwen if (name, bits, fmt) == ("tiny-qwen2.5-vl", 4, "nbits") else _export(name, tmp_path, bits, fmt)
     manifest = Manifest.load(folder)
@@ -114,6 +114,7 @@ def test_quantized_graphs_answer_through_run(tmp_path, int4_qwen):
     assert pipeline.decoder.manifest["quantization"]["bits"] == 4
 
 
+@pytest.mark.slow
 def test_lint_per_target(tmp_path, int4_qwen):
     int4_qdq = _export("tiny-qwen2.5-vl", tmp_path, 4, "qdq")
     int8_qdq = _export("tiny-qwen2.5-vl", tmp_path, 8, "qdq", roles=("prefill",))
@@ -130,6 +131,7 @@ def test_lint_per_target(tmp_path, int4_qwen):
     assert onnx.load(int4_qdq / "embed.onnx", load_external_data=False).opset_import[0].version == 20
 
 
+@pytest.mark.slow
 def test_export_cli_quantizes_and_refuses_a_quantized_checkpoint(tmp_path):
     runner = CliRunner()
     out = tmp_path / "graphs"
