@@ -447,7 +447,8 @@ def check_graphs(graphs_dir, model_path=None, random_init: bool = False, threads
 
     A checkpoint's reference is layer-streamed (backbones.checkpoint.stream_layers): one or two decoder
     layers in memory at a time, fp32 compute, so a 7B check needs about a layer of memory on this side.
-    A quantized folder's reference holds the folder's own dequantized linear weights (same tolerances).
+    A quantized folder's reference holds the folder's own dequantized linear weights (TOLERANCES's
+    "fp32-quantized" for fp32 graphs).
     """
     from .backbones.registry import get_entry, reference_backbone
     from .graphs.quantize import DequantizedWeights
