@@ -12,6 +12,7 @@ import sys
 import click
 
 from .errors import UserError
+from .graphs.quantize import BITS, BLOCK_SIZES, FORMATS
 
 
 def user_errors(fn):
@@ -40,12 +41,13 @@ graphs_option = click.option("--graphs", "graphs_dir", required=True, type=click
 def weights_options(fn):
     """--weights / --block-size / --weights-format, shared by export and build."""
     options = [
-        click.option("--weights", "weight_bits", type=click.Choice(["dtype", "int8", "int4"]), default="dtype",
+        click.option("--weights", "weight_bits", type=click.Choice(["dtype", *BITS]), default="dtype",
                      show_default=True,
                      help="decoder linear weights: as --dtype, or weight-only int8/int4 (RTN, symmetric)"),
-        click.option("--block-size", type=click.Choice(["32", "64", "128"]), default="32", show_default=True,
+        click.option("--block-size", type=click.Choice([str(b) for b in BLOCK_SIZES]), default=str(BLOCK_SIZES[0]),
+                     show_default=True,
                      help="input rows per quantization scale (--weights int8/int4)"),
-        click.option("--weights-format", type=click.Choice(["nbits", "qdq"]), default="nbits", show_default=True,
+        click.option("--weights-format", type=click.Choice(FORMATS), default=FORMATS[0], show_default=True,
                      help="nbits: MatMulNBits for ONNX Runtime; qdq: blocked DequantizeLinear for TensorRT "
                           "(its quantized graphs are opset 21)"),
     ]
@@ -57,7 +59,7 @@ def weights_options(fn):
 def quantization_of(weight_bits: str, block_size: str, weights_format: str):
     if weight_bits == "dtype":
         return None
-    from .graphs.quantize import BITS, Quantization
+    from .graphs.quantize import Quantization
 
     return Quantization(BITS[weight_bits], int(block_size), weights_format)
 

@@ -40,6 +40,13 @@ class Quantization:
     block_size: int = 32
     format: str = "nbits"
 
+    def __post_init__(self):
+        from ..errors import UserError
+
+        if self.bits not in BITS.values() or self.block_size not in BLOCK_SIZES or self.format not in FORMATS:
+            raise UserError(f"weight quantization must be {sorted(BITS.values())} bits, block size in {BLOCK_SIZES}, "
+                            f"format in {FORMATS}; got {self.bits}, {self.block_size}, {self.format!r}")
+
     def to_dict(self) -> dict:
         return {"bits": self.bits, "block_size": self.block_size, "format": self.format,
                 "method": "rtn", "symmetric": True, "accuracy_level": ACCURACY_LEVEL}
