@@ -8,9 +8,8 @@ symmetric, one scale per block of `block_size` input rows of each output column)
 
 Both hold the same quantized values (the qdq form is the nbits form's values laid out as [K, N]), so a
 model exported in both forms answers alike. Why ONNX Runtime gets MatMulNBits and not the portable QDQ
-form: ONNX Runtime fuses DequantizeLinear -> MatMul into MatMulNBits while it loads a session, and the
-fused weights are a private copy per session (prefill and decode would each hold all of them), while a
-MatMulNBits graph's weights are read from the mapped data file (docs/architecture.md).
+form: it would fuse every DequantizeLinear -> MatMul into MatMulNBits while each session loads, laying the
+codes out again each time; the nbits form is that result, written once (docs/architecture.md).
 
 Symmetric because TensorRT takes no zero points for weight-only blocks. Embeddings, norms, biases and
 the pruning subgraphs (scores, fps, TopK, Gather) stay in the export dtype.
