@@ -87,11 +87,13 @@ def nbits_values(packed: np.ndarray, bits: int, rows: int) -> np.ndarray:
     """MatMulNBits' packed [N, blocks, blob] unsigned codes -> signed values [N, rows] (symmetric zero
     point 2^(bits-1), the contrib op's default when no zero points are given)."""
     n = packed.shape[0]
-    if bits == 4:
-        codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1)
-    else:
-        codes = packed.reshape(n, -1)
+    codes = (_nibbles(packed) if bits == 4 else packed).reshape(n, -1)
     return codes[:, :rows].astype(np.int16) - (1 << (bits - 1))
+
+
+def _nibbles(packed: np.ndarray) -> np.ndarray:
+    """Each byte's low then high 4 bits, as a trailing axis of 2 (unsigned)."""
+    return np.stack([packed & 0x0F, packed >> 4], axis=-1)
 
 
 def pack_int4(values: np.ndarray) -> np.ndarray:
@@ -103,7 +105,7 @@ def pack_int4(values: np.ndarray) -> np.ndarray:
 
 
 def unpack_int4(packed: np.ndarray, count: int) -> np.ndarray:
-    codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)[:count].astype(np.int16)
+    codes = _nibbles(packed).reshape(-1)[:count].astype(np.int16)
     return np.where(codes > 7, codes - 16, codes)
 
 
