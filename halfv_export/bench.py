@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .fileio import atomic_path, write_json
-from .flops import FORMULAS, FREEZE_NOTE, DecoderDims, speedup_table
-from .manifest import CACHE_PARTS, past_name, present_name
-from .profile import Profile, shipped_profile
+from .core.errors import UserError
+from .core.fileio import atomic_path, write_json
+from .core.flops import FORMULAS, FREEZE_NOTE, DecoderDims, speedup_table
+from .core.manifest import CACHE_PARTS, past_name, present_name
+from .core.profile import Profile, shipped_profile
 from .runtime.pipeline import make_session
 
 SCHEMA = "halfv-bench/1"
@@ -274,7 +274,7 @@ def op_profile(path: Path, feeds: dict, threads: int, prefix: Path) -> dict:
 
 
 def _plans(profile: Profile, fastv_keep: float) -> dict:
-    from .method.plan import PruningPlan
+    from .core.plan import PruningPlan
 
     return {"unpruned": None, "halfv-fps": PruningPlan.halfv(profile, "fps"),
             "halfv-oneshot": PruningPlan.halfv(profile, "oneshot"),
@@ -301,7 +301,7 @@ def _kept_counts(outputs: dict) -> dict:
 
 
 def _expected_counts(variant: str, profile: Profile, fastv_keep: float, n: int) -> dict:
-    from .profile import keep_count
+    from .core.profile import keep_count
 
     if variant == "unpruned":
         return {}

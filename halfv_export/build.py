@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .core.errors import UserError
 
 
 def say(line: str) -> None:
@@ -53,7 +53,7 @@ class BuildSummary:
 def choose_profile(bb, model: str, calibration_out: Path):
     """The shipped profile when it fits the loaded model, else a fresh calibration (synthetic set)."""
     from .backbones.registry import get_entry
-    from .profile import shipped_profile
+    from .core.profile import shipped_profile
 
     shipped = shipped_profile(get_entry(model).profile)
     try:
@@ -79,7 +79,7 @@ def build(model: str, model_path=None, random_init: bool = False, out_root: str 
     from .backbones.registry import load_backbone
     from .engines.builder import build_engines, tensorrt_available
     from .graphs.export import export_graphs
-    from .method.plan import PruningPlan
+    from .core.plan import PruningPlan
     from .parity import check_graphs
 
     out_root = Path(out_root)

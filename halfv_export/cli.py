@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .errors import UserError
+from .core.errors import UserError
 from .graphs.quantize import BITS, BLOCK_SIZES, FORMATS
 
 
@@ -101,7 +101,7 @@ def cli():
 def models():
     """List the known backbones and the profile each uses."""
     from .backbones.registry import MODELS
-    from .profile import shipped_profile
+    from .core.profile import shipped_profile
 
     rows = [("name", "family", "layers", "hidden", "profile (ivr/ssr/mode)", "weights")]
     for entry in MODELS.values():
@@ -214,8 +214,8 @@ def export_command(model, model_path, random_init, profile_path, out, opset, dty
     from .backbones import get_entry
     from .backbones.registry import open_backbone
     from .graphs.export import export_graphs
-    from .method.plan import PruningPlan
-    from .profile import Profile, shipped_profile
+    from .core.plan import PruningPlan
+    from .core.profile import Profile, shipped_profile
 
     entry = get_entry(model)
     quantization = quantization_of(weight_bits, block_size, weights_format)
@@ -270,7 +270,7 @@ def check(graphs_dir, backend, engines_dir, report_path, junit_path, model_path,
     if backend == "trt":  # engines vs ONNX Runtime first; ONNX Runtime vs the reference follows
         from .engines.builder import default_engines_dir
         from .engines.compare import compare_trt
-        from .manifest import Manifest
+        from .core.manifest import Manifest
 
         engines_dir = engines_dir or default_engines_dir(Manifest.load(graphs_dir))
         trt_report = compare_trt(graphs_dir, engines_dir)
@@ -400,7 +400,7 @@ def bench(model, visual_tokens, layers, width, repeats, text_tokens, fastv_keep,
         click.echo(line)
 
 
-# -- lint / engine / bundle (halfv_export.graphs.lint, halfv_export.engines, halfv_export.deploy) ----
+# -- lint / engine / bundle (halfv_export.core.lint, halfv_export.engines, halfv_export.deploy) ----
 @cli.command()
 @graphs_option
 @click.option("--target", type=click.Choice(["trt10", "trt11"]), required=True,
@@ -408,7 +408,7 @@ def bench(model, visual_tokens, layers, width, repeats, text_tokens, fastv_keep,
 @user_errors
 def lint(graphs_dir, target):
     """Check every graph against a TensorRT version's ONNX parser rules (runs on the CPU; exit 1 on errors)."""
-    from .graphs.lint import lint_graphs
+    from .core.lint import lint_graphs
 
     report = lint_graphs(graphs_dir, target)
     for finding in report.findings:
@@ -593,8 +593,8 @@ def eval_command(model, model_path, methods, keeps, samples, out_dir, graphs_dir
     from pathlib import Path
 
     from .backbones.registry import get_entry, load_backbone
-    from .fileio import atomic_path, write_json
-    from .profile import shipped_profile
+    from .core.fileio import atomic_path, write_json
+    from .core.profile import shipped_profile
     from .zoo.eval import METHODS, evaluate, evaluate_graphs, plot, plot_sweep, sweep_layers as sweep
 
     if model not in ZOO_NAMES:

@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .errors import UserError
-from .fileio import atomic_path, write_json
-from .manifest import PRESENT_PREFIX, Manifest, present_name
-from .profile import Profile
-from .progress import step
+from .core.errors import UserError
+from .core.fileio import atomic_path, write_json
+from .core.manifest import PRESENT_PREFIX, Manifest, present_name
+from .core.profile import Profile
+from .core.progress import step
 
 # (atol, rtol) for logits and KVs. fp16 graphs are compared with the fp32 reference: half precision
 # keeps ~3 decimal digits and the error grows over the layers, so fp16 uses the exporter's measured
@@ -274,7 +274,7 @@ def torch_prefill_runner(bb, plan, output_names, input_metadata, name=TORCH_RUNN
 # -- checks ----------------------------------------------------------------------------------------------
 def reference_plan(manifest: Manifest, family: str, num_layers: int):
     """The PruningPlan the graphs were exported with (None for --no-prune graphs)."""
-    from .method.plan import PruningPlan
+    from .core.plan import PruningPlan
 
     if manifest.get("profile"):
         Profile.from_dict(manifest["profile"]).check_backbone(family, num_layers, manifest.get("model", ""))

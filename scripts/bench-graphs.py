@@ -19,10 +19,10 @@ from types import SimpleNamespace
 
 from halfv_export.bench import (DECODE_REPEAT_FACTOR, decode_feeds, paired_ratio, prompt_feeds, summarize,
                                 time_interleaved)
-from halfv_export.fileio import write_json
-from halfv_export.flops import DecoderDims, speedup_table
-from halfv_export.manifest import Manifest, present_name
-from halfv_export.profile import Profile
+from halfv_export.core.fileio import write_json
+from halfv_export.core.flops import DecoderDims, speedup_table
+from halfv_export.core.manifest import Manifest, present_name
+from halfv_export.core.profile import Profile
 from halfv_export.runtime.pipeline import make_session
 
 

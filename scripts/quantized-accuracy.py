@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 from halfv_export.backbones.registry import load_backbone, open_backbone
-from halfv_export.fileio import write_json
+from halfv_export.core.fileio import write_json
 from halfv_export.graphs.export import export_graphs
 from halfv_export.graphs.quantize import Quantization
-from halfv_export.method.plan import PruningPlan
-from halfv_export.profile import shipped_profile
-from halfv_export.versions import library_versions
+from halfv_export.core.plan import PruningPlan
+from halfv_export.core.profile import shipped_profile
+from halfv_export.core.versions import library_versions
 from halfv_export.zoo.eval import evaluate_graphs
 
 MODELS = ("shapes-qwen2.5-vl", "shapes-llava")

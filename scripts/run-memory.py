@@ -19,9 +19,9 @@ from PIL import Image
 
 from halfv_export.backbones.registry import build_random, get_entry
 from halfv_export.bench import build_scaled
-from halfv_export.fileio import write_json
+from halfv_export.core.fileio import write_json
 from halfv_export.graphs.export import export_graphs
-from halfv_export.method.plan import PruningPlan
+from halfv_export.core.plan import PruningPlan
 
 MODEL, WIDTH, LAYERS, TOKENS = "qwen2.5-vl-7b", 512, 8, 16
 PROBE = """

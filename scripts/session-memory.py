@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import onnx
 
 from halfv_export.bench import decode_feeds, prompt_feeds
-from halfv_export.manifest import Manifest
+from halfv_export.core.manifest import Manifest
 from halfv_export.runtime.pipeline import make_session
 from halfv_export.runtime.weights import SharedWeights
 

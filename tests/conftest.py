@@ -7,7 +7,7 @@ import functools
 import pytest
 
 from halfv_export.backbones import load_backbone
-from halfv_export.profile import shipped_profile
+from halfv_export.core.profile import shipped_profile
 
 # One table drives the per-family tests: two image sizes per family where the family allows it
 # (LLaVA-1.5's CLIP tower has one fixed input size).

@@ -12,8 +12,8 @@ from halfv_export.backbones.registry import get_entry
 from halfv_export.bench import (VARIANTS, build_scaled, paired_ratio, prompt_feeds, scaled_profile, scaled_text_dims,
                                 summarize, time_interleaved)
 from halfv_export.cli import cli
-from halfv_export.flops import DecoderDims
-from halfv_export.profile import Profile, shipped_profile
+from halfv_export.core.flops import DecoderDims
+from halfv_export.core.profile import Profile, shipped_profile
 
 COUNTS = (16, 40)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from halfv_export.backbones.registry import get_entry
-from halfv_export.errors import UserError
-from halfv_export.flops import (DecoderDims, LayerRows, fastv_schedule, halfv_schedule, kv_cache_bytes,
+from halfv_export.core.errors import UserError
+from halfv_export.core.flops import (DecoderDims, LayerRows, fastv_schedule, halfv_schedule, kv_cache_bytes,
                                 layer_flops, prefill_flops, speedup_table, unpruned_schedule)
-from halfv_export.profile import Profile, shipped_profile
+from halfv_export.core.profile import Profile, shipped_profile
 
 # d=2, m=3, 2 heads of width 1, 1 kv head.
 SMALL = DecoderDims(num_layers=4, hidden=2, intermediate=3, num_heads=2, num_kv_heads=1, head_dim=1)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from halfv_export.cli import cli
 from halfv_export.graphs.export import DECODER_DATA
-from halfv_export.manifest import DATA_FILES, Manifest
+from halfv_export.core.manifest import DATA_FILES, Manifest
 from tests.conftest import TINY
 from tests.runtime.exported import copy_graphs, exported_graphs, reseal
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from halfv_export.errors import UserError
-from halfv_export.profile import Profile, keep_count, shipped_profile
+from halfv_export.core.errors import UserError
+from halfv_export.core.profile import Profile, keep_count, shipped_profile
 
 
 @pytest.mark.parametrize("n,ratio,expected", [(16, 0.25, 4), (7, 0.25, 1), (3, 0.25, 1), (1, 0.05, 1),

@@ -22,7 +22,7 @@ from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCo
 from halfv_export.backbones import load_backbone
 from halfv_export.calibration.data import make_batch, synthetic_image, tokenizer_for
 from halfv_export.cli import cli
-from halfv_export.errors import UserError
+from halfv_export.core.errors import UserError
 from halfv_export.parity import Case, RequestMaker
 from halfv_export.runtime.text import ByteTokenizer, special_token_ids
 

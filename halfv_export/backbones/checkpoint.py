@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 INDEX_NAME = "model.safetensors.index.json"
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 # dtype name -> (torch dtype, safetensors dtype tag)
 DTYPES = {"bf16": (torch.bfloat16, "BF16"), "fp16": (torch.float16, "F16"), "fp32": (torch.float32, "F32")}
@@ -263,7 +263,7 @@ def write_checkpoint(config, hf_class, out_dir: str | os.PathLike, dtype: str = 
     """
     from transformers import GenerationConfig
 
-    from ..progress import step
+    from ..core.progress import step
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")

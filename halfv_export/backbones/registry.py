@@ -11,7 +11,7 @@ import torch
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig, MistralConfig,
                           Qwen2_5_VLConfig)
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import Backbone
 from .llava import LlavaBackbone, LlavaNextBackbone
 from .qwen2_5_vl import Qwen25VLBackbone
@@ -123,7 +123,7 @@ class ModelEntry:
     name: str
     backbone: type[Backbone]
     make_config: Callable
-    profile: str  # shipped profile name under calibration/profiles
+    profile: str  # shipped profile name under core/profiles
     description: str
     hf_repo: str | None = None  # None: built-in tiny model, always random-initialised from a fixed seed
     weights: Path | None = None  # committed weights folder (zoo models trained in this repository)

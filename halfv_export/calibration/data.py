@@ -48,7 +48,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..backbones.base import Backbone, MultimodalBatch
-from ..errors import UserError
+from ..core.errors import UserError
 from ..runtime.text import ByteTokenizer, load_tokenizer, prompt_ids, special_token_ids
 
 PROMPTS_FILE = "prompts.jsonl"

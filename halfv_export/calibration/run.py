@@ -19,11 +19,11 @@ import torch
 from .. import __version__
 from ..backbones.base import Backbone
 from ..backbones.registry import MODELS
-from ..errors import UserError
-from ..fileio import atomic_path
+from ..core.errors import UserError
+from ..core.fileio import atomic_path
 from ..method.entropy import DEFAULT_K, tme_curves
-from ..profile import PROFILES_DIR, Profile, shipped_profile
-from ..versions import library_versions
+from ..core.profile import PROFILES_DIR, Profile, shipped_profile
+from ..core.versions import library_versions
 from .data import CalibrationSample, image_processor, make_batch, tokenizer_for
 from .probe import DEFAULT_KL_THRESHOLD, choose_mode, layer_skip_kl, probe_layers
 from .stages import DECLINE_STEPS, WINDOW, choose_stages

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 WINDOW = 3
 DECLINE_STEPS = 2

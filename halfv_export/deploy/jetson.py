@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UserError
-from ..fileio import atomic_dir, write_json
-from ..graphs.lint import lint_manifest
-from ..manifest import MANIFEST_NAME, Manifest
+from ..core.errors import UserError
+from ..core.fileio import atomic_dir, write_json
+from ..core.lint import lint_manifest
+from ..core.manifest import MANIFEST_NAME, Manifest
 from ..engines import profiles as prof
 
 ENGINES_SUBDIR = "engines"

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 LOOPBACK = "127.0.0.1"
 STUB_FAILED = "Failed to preinitialize Python stub"

@@ -31,9 +31,9 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import UserError
-from ..fileio import atomic_dir
-from ..manifest import MANIFEST_NAME, Manifest
+from ..core.errors import UserError
+from ..core.fileio import atomic_dir
+from ..core.manifest import MANIFEST_NAME, Manifest
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 ROLES = ("vision", "embed", "prefill", "decode")

@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UserError
-from ..fileio import atomic_dir, atomic_path, write_json
-from ..graphs.lint import lint_manifest
-from ..manifest import MANIFEST_NAME, Manifest, sha256_file
-from ..versions import library_versions
+from ..core.errors import UserError
+from ..core.fileio import atomic_dir, atomic_path, write_json
+from ..core.lint import lint_manifest
+from ..core.manifest import MANIFEST_NAME, Manifest, sha256_file
+from ..core.versions import library_versions
 from . import profiles as prof
 
 BUILD_NAME = "build.json"

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UserError
-from ..manifest import PAST_PREFIX, PRESENT_PREFIX, Manifest
+from ..core.errors import UserError
+from ..core.manifest import PAST_PREFIX, PRESENT_PREFIX, Manifest
 from ..runtime.pipeline import make_session
 from . import profiles as prof
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import UserError
-from ..profile import Profile, keep_count
+from ..core.errors import UserError
+from ..core.profile import Profile, keep_count
 
 QWEN_PIXELS_PER_TOKEN = 28 * 28  # patch 14, 2x2 merge
 PREFIX_MAX = 128  # system prompt + chat template before the image

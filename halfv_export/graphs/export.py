@@ -33,16 +33,16 @@ import torch
 
 from ..backbones.base import Backbone
 from ..backbones.checkpoint import ModelWeights, materialize, skeleton_model
-from ..errors import UserError
-from ..fileio import atomic_dir
-from ..manifest import DATA_FILES, SCHEMA_VERSION, Manifest, sha256_file
-from ..method.plan import PruningPlan
-from ..profile import Profile, keep_count
-from ..progress import step
-from ..versions import library_versions
+from ..core.errors import UserError
+from ..core.fileio import atomic_dir
+from ..core.manifest import DATA_FILES, SCHEMA_VERSION, Manifest, sha256_file
+from ..core.plan import PruningPlan
+from ..core.profile import Profile, keep_count
+from ..core.progress import step
+from ..core.versions import library_versions
 from . import naming
 from .fps import translation_table
-from .lint import check_topk_bound
+from ..core.lint import check_topk_bound
 from .quantize import Quantization
 from .vision import export_vision
 from .weights import WeightFile, bind, check_quantized, check_weights_external, external_tensors, save_graph

@@ -40,7 +40,7 @@ class Quantization:
     format: str = "nbits"
 
     def __post_init__(self):
-        from ..errors import UserError
+        from ..core.errors import UserError
 
         if self.bits not in BITS.values() or self.block_size not in BLOCK_SIZES or self.format not in FORMATS:
             raise UserError(f"weight quantization must be {sorted(BITS.values())} bits, block size in {BLOCK_SIZES}, "
@@ -134,7 +134,7 @@ class DequantizedWeights:
     other tensor from `base`: the reference `check` compares a quantized folder with."""
 
     def __init__(self, base, manifest):
-        from ..manifest import DATA_FILES
+        from ..core.manifest import DATA_FILES
 
         self.base, self.folder = base, manifest.folder
         self.record = (manifest.get("quantization") or {}).get("weights") or {}

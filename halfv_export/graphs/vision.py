@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from ..backbones.base import Backbone
-from ..errors import UserError
-from ..fileio import atomic_path
-from ..manifest import sha256_file
+from ..core.errors import UserError
+from ..core.fileio import atomic_path
+from ..core.manifest import sha256_file
 from ..runtime.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..runtime.vision_inputs import llava_next_pack_index, qwen_vision_inputs
 from .wrappers import GraphSpec

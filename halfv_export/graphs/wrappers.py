@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 
 from ..backbones.base import Backbone
-from ..manifest import CACHE_PARTS, past_name, present_name
+from ..core.manifest import CACHE_PARTS, past_name, present_name
 from ..method.decoder import decode_step_tensors, prefill_tensors
-from ..method.plan import PruningPlan
+from ..core.plan import PruningPlan
 
 
 @dataclass(frozen=True)

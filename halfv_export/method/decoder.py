@@ -12,7 +12,7 @@ import torch
 
 from ..backbones.base import Backbone, DecoderInputs
 from .layers import causal_mask, frozen_span_layer_step, layer_step
-from .plan import PruningPlan
+from ..core.plan import PruningPlan
 from .selection import (anchor_relevance, fps_coverage, last_token_attention, normalized_features,
                         oneshot_coverage, random_selection, sorted_topk)
 

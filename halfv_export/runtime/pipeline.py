@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import UserError
-from ..manifest import Manifest, past_name, present_name
-from ..profile import Profile
+from ..core.errors import UserError
+from ..core.manifest import Manifest, past_name, present_name
+from ..core.profile import Profile
 from .positions import decode_positions, prompt_positions, visual_span
 from .weights import SharedWeights
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def visual_span(input_ids: np.ndarray, image_token_id: int) -> tuple[int, int]:

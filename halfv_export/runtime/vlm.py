@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UserError
-from ..manifest import Manifest
+from ..core.errors import UserError
+from ..core.manifest import Manifest
 from .pipeline import Generation, OrtPipeline, make_session
 from .preprocess import expand_prompt
 from .text import load_tokenizer, prompt_ids

@@ -19,8 +19,8 @@ import math
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import UserError
-from ..manifest import DATA_FILES, Manifest
+from ..core.errors import UserError
+from ..core.manifest import DATA_FILES, Manifest
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
           "int8": np.int8, "uint8": np.uint8}

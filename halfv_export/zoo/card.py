@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..backbones.registry import load_backbone
-from ..fileio import atomic_path, write_json
+from ..core.fileio import atomic_path, write_json
 from .data import DESCRIBE_PROMPTS, QUESTION_KINDS, SHAPE_SIZE
 from .eval import accuracy, by_kind, eval_questions, reference_answers
 from .models import image_side, visual_tokens, weights_dir

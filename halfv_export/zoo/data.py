@@ -218,7 +218,7 @@ def write_folder(split: str, count: int, side: int, out) -> None:
     import json
     from pathlib import Path
 
-    from ..fileio import atomic_dir
+    from ..core.fileio import atomic_dir
 
     with atomic_dir(out) as tmp:
         lines = []

@@ -30,11 +30,11 @@ from typing import Callable
 import torch
 
 from ..backbones.base import Backbone, DecoderInputs
-from ..errors import UserError
-from ..flops import DecoderDims, fastv_schedule, halfv_schedule, prefill_flops, unpruned_schedule
+from ..core.errors import UserError
+from ..core.flops import DecoderDims, fastv_schedule, halfv_schedule, prefill_flops, unpruned_schedule
 from ..method.decoder import generate
-from ..method.plan import PruningPlan
-from ..profile import Profile
+from ..core.plan import PruningPlan
+from ..core.profile import Profile
 from . import data, tokenizer as zoo_tokenizer
 from .models import image_side
 from .train import encode, processor_for
@@ -226,7 +226,7 @@ def plot_sweep(report: dict, path: str | os.PathLike) -> None:
 def evaluate_graphs(bb: Backbone, name: str, graphs_dir: str | os.PathLike, count: int,
                     progress: Callable[[str], None] = lambda line: None) -> dict:
     """Accuracy of an exported graphs folder through VlmPipeline, and its agreement with the reference."""
-    from ..manifest import Manifest
+    from ..core.manifest import Manifest
     from ..runtime.vlm import VlmPipeline
 
     manifest = Manifest.load(graphs_dir)

@@ -30,7 +30,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..backbones.base import Backbone, MultimodalBatch
 from ..calibration.data import make_batch
-from ..fileio import atomic_dir
+from ..core.fileio import atomic_dir
 from ..runtime.text import prompt_ids
 from . import data, tokenizer as zoo_tokenizer
 from .models import EMBEDDING_STD, ZOO, image_side, tokens_per_side

@@ -21,7 +21,7 @@ from halfv_export.backbones.random_checkpoint import (QWEN_MAX_PIXELS, QWEN_MIN_
                                                       saved_tensors, write_checkpoint, write_random_checkpoint)
 from halfv_export.backbones.registry import tiny_qwen_config
 from halfv_export.cli import cli
-from halfv_export.errors import UserError
+from halfv_export.core.errors import UserError
 from halfv_export.graphs.vision import preprocess_config
 
 SMALL_SHARD = 300_000  # bytes: several shards for every tiny model

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from halfv_export.backbones import MODELS, TINY_MODELS, load_backbone
-from halfv_export.errors import UserError
+from halfv_export.core.errors import UserError
 
 
 def test_registry_lists_the_known_backbones():

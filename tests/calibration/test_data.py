@@ -10,7 +10,7 @@ from PIL import Image
 
 from halfv_export.calibration.data import (PROMPTS, SYNTHETIC_SIZES, folder_samples, make_batch, synthetic_image,
                                            synthetic_samples)
-from halfv_export.errors import UserError
+from halfv_export.core.errors import UserError
 from halfv_export.runtime.text import ByteTokenizer
 from tests.conftest import tiny_backbone
 

@@ -13,8 +13,8 @@ from halfv_export.calibration.data import synthetic_image, synthetic_samples
 from halfv_export.calibration.run import calibrate, write_outputs
 from halfv_export.calibration.stages import Stages
 from halfv_export.cli import cli
-from halfv_export.errors import UserError
-from halfv_export.profile import Profile, shipped_profile
+from halfv_export.core.errors import UserError
+from halfv_export.core.profile import Profile, shipped_profile
 from tests.conftest import TINY, tiny_backbone
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

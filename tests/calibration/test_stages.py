@@ -7,8 +7,8 @@ import random
 import pytest
 
 from halfv_export.calibration.stages import choose_stages, ivr_layer, smooth, ssr_layer
-from halfv_export.errors import UserError
-from halfv_export.profile import Profile
+from halfv_export.core.errors import UserError
+from halfv_export.core.profile import Profile
 
 
 def test_smooth_is_a_centred_average_with_edge_padding():

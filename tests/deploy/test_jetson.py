@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from halfv_export.cli import cli
 from halfv_export.deploy.jetson import JETSON_TARGETS, make_bundle, precision_flags
 from halfv_export.engines import profiles as prof
-from halfv_export.graphs.lint import check_topk_bound
-from halfv_export.manifest import Manifest
-from halfv_export.profile import Profile
+from halfv_export.core.lint import check_topk_bound
+from halfv_export.core.manifest import Manifest
+from halfv_export.core.profile import Profile
 from tests.runtime.exported import exported_graphs as exported
 
 OPTIONS = dict(max_text=48, max_new_tokens=16)

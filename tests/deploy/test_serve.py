@@ -15,7 +15,7 @@ import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
 from halfv_export.deploy.serve import _ready, ask, free_port, serve_graphs, triton_server
-from halfv_export.errors import UserError
+from halfv_export.core.errors import UserError
 from halfv_export.runtime.vlm import VlmPipeline, as_image_array
 from tests.conftest import TINY_IMAGES
 from tests.runtime.exported import exported_graphs

@@ -12,8 +12,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from halfv_export.cli import cli
 from halfv_export.deploy.serve import ask, triton_server
 from halfv_export.deploy.triton import VLM_MODEL, make_repository
-from halfv_export.errors import UserError
-from halfv_export.manifest import Manifest, sha256_file
+from halfv_export.core.errors import UserError
+from halfv_export.core.manifest import Manifest, sha256_file
 from halfv_export.runtime.vlm import VlmPipeline, as_image_array
 from tests.conftest import TINY, TINY_IMAGES
 from tests.runtime.exported import copy_graphs, exported_graphs, reseal

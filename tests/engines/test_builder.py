@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from halfv_export.cli import cli
 from halfv_export.engines.builder import BUILD_NAME, build_engines, build_settings, tensorrt_available
 from halfv_export.engines.compare import compare_trt
-from halfv_export.errors import UserError
+from halfv_export.core.errors import UserError
 from tests.runtime.exported import exported_graphs as exported
 
 HAVE_TRT = tensorrt_available()

@@ -10,9 +10,9 @@ from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from halfv_export.engines import profiles as prof
 from halfv_export.engines.builder import tensorrt_available
 from halfv_export.engines.compare import compare_outputs, compare_runners, compare_trt, parity_feeds
-from halfv_export.errors import UserError
+from halfv_export.core.errors import UserError
 from halfv_export.graphs.export import DECODER_DATA
-from halfv_export.manifest import DATA_FILES, Manifest
+from halfv_export.core.manifest import DATA_FILES, Manifest
 from tests.runtime.exported import copy_graphs, exported_graphs as exported
 
 

@@ -10,11 +10,11 @@ import torch
 
 from halfv_export.engines import profiles as prof
 from halfv_export.engines.compare import parity_feeds
-from halfv_export.errors import UserError
-from halfv_export.manifest import Manifest
+from halfv_export.core.errors import UserError
+from halfv_export.core.manifest import Manifest
 from halfv_export.method.decoder import prefill_tensors
-from halfv_export.method.plan import PruningPlan
-from halfv_export.profile import shipped_profile
+from halfv_export.core.plan import PruningPlan
+from halfv_export.core.profile import shipped_profile
 from tests.conftest import TINY, tiny_backbone
 from tests.runtime.exported import exported_graphs as exported
 

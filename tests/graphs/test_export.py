@@ -18,12 +18,12 @@ import torch
 from click.testing import CliRunner
 
 from halfv_export.cli import cli
-from halfv_export.errors import UserError
+from halfv_export.core.errors import UserError
 from halfv_export.graphs import export as export_module
 from halfv_export.graphs.export import FP16_TOLERANCE, export_graphs
-from halfv_export.manifest import Manifest
+from halfv_export.core.manifest import Manifest
 from halfv_export.method import PruningPlan, decode_step_tensors, prefill, prefill_tensors
-from halfv_export.profile import PROFILES_DIR, shipped_profile
+from halfv_export.core.profile import PROFILES_DIR, shipped_profile
 from tests.conftest import TINY, TINY_IMAGES, tiny_backbone
 from tests.runtime.exported import exported_graphs, session_dir
 

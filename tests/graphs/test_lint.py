@@ -15,11 +15,11 @@ from onnx import helper as h
 from onnx import numpy_helper
 
 from halfv_export.cli import cli
-from halfv_export.errors import UserError
-from halfv_export.graphs.lint import (TARGETS, TOPK_MAX_K, check_topk_bound, eval_dim, lint_graphs,
+from halfv_export.core.errors import UserError
+from halfv_export.core.lint import (TARGETS, TOPK_MAX_K, check_topk_bound, eval_dim, lint_graphs,
                                       lint_manifest, lint_model)
-from halfv_export.manifest import MANIFEST_NAME, Manifest, sha256_file
-from halfv_export.profile import keep_count, shipped_profile
+from halfv_export.core.manifest import MANIFEST_NAME, Manifest, sha256_file
+from halfv_export.core.profile import keep_count, shipped_profile
 from tests.conftest import TINY
 from tests.runtime.exported import exported_graphs
 

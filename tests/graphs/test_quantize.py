@@ -14,12 +14,12 @@ from click.testing import CliRunner
 
 from halfv_export.cli import cli
 from halfv_export.graphs.export import DECODER_DATA, ROLES, export_graphs
-from halfv_export.graphs.lint import lint_graphs
+from halfv_export.core.lint import lint_graphs
 from halfv_export.graphs.quantize import SUFFIX_SCALES, DequantizedWeights, Quantization, dequantize
-from halfv_export.manifest import DATA_FILES, Manifest
-from halfv_export.method.plan import PruningPlan
+from halfv_export.core.manifest import DATA_FILES, Manifest
+from halfv_export.core.plan import PruningPlan
 from halfv_export.parity import check_graphs
-from halfv_export.profile import shipped_profile
+from halfv_export.core.profile import shipped_profile
 from halfv_export.runtime.vlm import VlmPipeline
 from tests.conftest import TINY_IMAGES, tiny_backbone
 from tests.runtime.exported import exported_graphs

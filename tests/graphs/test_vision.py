@@ -16,9 +16,9 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from halfv_export.backbones.base import MultimodalBatch
 from halfv_export.backbones.registry import MODELS, build_random
-from halfv_export.errors import UserError
+from halfv_export.core.errors import UserError
 from halfv_export.graphs.vision import export_vision, preprocess_config, vision_spec
-from halfv_export.manifest import sha256_file
+from halfv_export.core.manifest import sha256_file
 from halfv_export.runtime.vision_inputs import llava_next_pack_index, qwen_vision_inputs, vision_feed
 from tests.conftest import tiny_backbone
 

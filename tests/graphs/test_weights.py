@@ -14,10 +14,10 @@ import torch
 from halfv_export.backbones.checkpoint import CheckpointWeights, ModelWeights, skeleton, stream_layers
 from halfv_export.backbones.registry import build_random, get_entry, open_backbone
 from halfv_export.graphs.export import DECODER_DATA, decoder_keys, export_graphs
-from halfv_export.manifest import DATA_FILES, Manifest
+from halfv_export.core.manifest import DATA_FILES, Manifest
 from halfv_export.method import PruningPlan, generate, prefill
 from halfv_export.method.activations import FP16_SAFE_MAX, fp16_overflow_layers, watch_layers
-from halfv_export.profile import shipped_profile
+from halfv_export.core.profile import shipped_profile
 from halfv_export.runtime.pipeline import OrtPipeline
 from tests.conftest import TINY, TINY_IMAGES, tiny_backbone
 from tests.runtime.exported import exported_graphs
@@ -116,7 +116,7 @@ def test_pipeline_sessions_share_one_copy_and_answer_as_per_session_copies():
 def test_manifest_tensor_that_does_not_fit_its_file_is_refused(tmp_path):
     import shutil
 
-    from halfv_export.errors import UserError
+    from halfv_export.core.errors import UserError
 
     folder = shutil.copytree(exported_graphs("tiny-llava"), tmp_path / "g")
     path = folder / "manifest.json"

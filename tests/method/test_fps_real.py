@@ -11,9 +11,9 @@ import torch
 
 from halfv_export.backbones import load_backbone
 from halfv_export.method.decoder import prefill
-from halfv_export.method.plan import PruningPlan
+from halfv_export.core.plan import PruningPlan
 from halfv_export.method.selection import COVERAGE_TIE, anchor_relevance, fps_coverage, normalized_features
-from halfv_export.profile import shipped_profile
+from halfv_export.core.profile import shipped_profile
 from halfv_export.zoo.eval import eval_questions, prepare_questions
 
 QUESTIONS = 24

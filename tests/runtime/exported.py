@@ -11,9 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from halfv_export.manifest import DATA_FILES, Manifest, sha256_file
-from halfv_export.method.plan import PruningPlan
-from halfv_export.profile import shipped_profile
+from halfv_export.core.manifest import DATA_FILES, Manifest, sha256_file
+from halfv_export.core.plan import PruningPlan
+from halfv_export.core.profile import shipped_profile
 from tests.conftest import tiny_backbone
 
 

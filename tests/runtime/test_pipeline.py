@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from halfv_export.errors import UserError
+from halfv_export.core.errors import UserError
 from halfv_export.method import PruningPlan, generate
-from halfv_export.profile import shipped_profile
+from halfv_export.core.profile import shipped_profile
 from halfv_export.runtime.pipeline import OrtPipeline
 from tests.conftest import TINY, TINY_IMAGES, tiny_backbone
 from tests.runtime.exported import copy_graphs, exported_graphs

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from halfv_export.errors import UserError
+from halfv_export.core.errors import UserError
 from halfv_export.runtime.positions import (decode_positions, linear_positions, mrope_positions, prompt_positions,
                                             visual_span)
 from tests.conftest import TINY_IMAGES, tiny_backbone

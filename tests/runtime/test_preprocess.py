@@ -13,7 +13,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
 
-from halfv_export.errors import UserError
+from halfv_export.core.errors import UserError
 from halfv_export.graphs.vision import preprocess_config
 from halfv_export.runtime.preprocess import expand_prompt, image_pixels, load_image, smart_resize
 from tests.conftest import TINY, tiny_backbone

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from halfv_export.calibration.data import make_batch, synthetic_image
 from halfv_export.cli import cli
 from halfv_export.method import PruningPlan, generate
-from halfv_export.profile import shipped_profile
+from halfv_export.core.profile import shipped_profile
 from halfv_export.runtime.vlm import VlmPipeline
 from tests.conftest import TINY, tiny_backbone
 from tests.runtime.exported import exported_graphs
@@ -73,7 +73,7 @@ def test_vlm_pipeline_imports_no_torch():
 
 
 def test_visual_tokens_outside_the_manifest_range_are_refused(tmp_path):
-    from halfv_export.manifest import Manifest
+    from halfv_export.core.manifest import Manifest
     from tests.runtime.exported import copy_graphs
 
     folder = copy_graphs("tiny-qwen2.5-vl", tmp_path)

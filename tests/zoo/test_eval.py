@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from halfv_export.cli import cli
-from halfv_export.profile import shipped_profile
+from halfv_export.core.profile import shipped_profile
 from halfv_export.zoo.eval import budget_profile, make_plan
 
 NAME = "shapes-llava"

@@ -12,8 +12,8 @@ import pytest
 
 from halfv_export.backbones import load_backbone
 from halfv_export.graphs.export import export_graphs
-from halfv_export.method.plan import PruningPlan
-from halfv_export.profile import shipped_profile
+from halfv_export.core.plan import PruningPlan
+from halfv_export.core.profile import shipped_profile
 from halfv_export.zoo.eval import evaluate_graphs
 
 

@@ -26,9 +26,9 @@ if HERE not in sys.path:
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from halfv_export.errors import UserError  # noqa: E402
-from halfv_export.manifest import Manifest  # noqa: E402
-from halfv_export.profile import Profile  # noqa: E402
+from halfv_export.core.errors import UserError  # noqa: E402
+from halfv_export.core.manifest import Manifest  # noqa: E402
+from halfv_export.core.profile import Profile  # noqa: E402
 from halfv_export.runtime.pipeline import ROLES, OrtPipeline  # noqa: E402
 from halfv_export.runtime.text import load_tokenizer  # noqa: E402
 from halfv_export.runtime.vlm import VlmPipeline, as_image_array  # noqa: E402

@@ -40,9 +40,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import UserError
-from ..manifest import Manifest
-from ..profile import Profile
+from .errors import UserError
+from .manifest import Manifest
+from .profile import Profile
 
 # TensorRT's ITopKLayer takes K up to 3840 (onnx-tensorrt docs/operators.md writes "less than 3840";
 # the TensorRT API docs and the design card say at most 3840: we use <= 3840).

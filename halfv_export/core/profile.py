@@ -15,7 +15,7 @@ from .fileio import read_json_object, write_json
 
 SCHEMA_VERSION = 1
 SSR_MODES = ("topk", "freeze", "none")
-PROFILES_DIR = Path(__file__).parent / "calibration" / "profiles"
+PROFILES_DIR = Path(__file__).parent / "profiles"
 
 
 def ratio(value: float) -> Fraction:

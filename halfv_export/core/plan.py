@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..profile import Profile, keep_count
+from .profile import Profile, keep_count
 
 COVERAGES = ("fps", "oneshot")
 SELECTORS = COVERAGES + ("fastv", "random", "oracle")
