@@ -35,7 +35,7 @@ from .core.errors import UserError
 from .core.fileio import atomic_path, write_json
 from .core.flops import FORMULAS, FREEZE_NOTE, DecoderDims, speedup_table
 from .core.manifest import CACHE_PARTS, past_name, present_name
-from .core.profile import Profile, shipped_profile
+from .core.profile import Profile
 from .runtime.pipeline import make_session
 
 SCHEMA = "halfv-bench/1"
@@ -153,7 +153,7 @@ def build_scaled(name: str, width: int | None, layers: int | None, seed: int = 0
         text.num_hidden_layers = layers
     if width != real.hidden or not entry.tiny:
         _shrink_vision(config, width)
-    real_profile = shipped_profile(entry.profile)
+    real_profile = entry.shipped_profile()
     profile = scaled_profile(real_profile, text.num_hidden_layers)
     bb = build_random(entry, config=config, seed=seed)
     dims = DecoderDims.from_config(bb.text_config)

@@ -53,9 +53,8 @@ class BuildSummary:
 def choose_profile(bb, model: str, calibration_out: Path):
     """The shipped profile when it fits the loaded model, else a fresh calibration (synthetic set)."""
     from .backbones.registry import get_entry
-    from .core.profile import shipped_profile
 
-    shipped = shipped_profile(get_entry(model).profile)
+    shipped = get_entry(model).shipped_profile()
     try:
         shipped.check_backbone(bb.family, bb.num_layers, model)
         return shipped, f"shipped ({shipped.source})"

@@ -74,7 +74,7 @@ def kind_weights(ctx, param, value):
     """'shape=4,horizontal=2' -> weights per zoo data.QUESTION_KINDS (kinds not named: 1); 'even' -> None."""
     if value is None or value == "even":
         return value
-    from .zoo.data import QUESTION_KINDS
+    from halfv_zoo.data import QUESTION_KINDS
 
     weights = dict.fromkeys(QUESTION_KINDS, 1.0)
     for item in value.split(","):
@@ -100,13 +100,12 @@ def cli():
 @user_errors
 def models():
     """List the known backbones and the profile each uses."""
-    from .backbones.registry import MODELS
-    from .core.profile import shipped_profile
+    from .backbones.registry import models as registered
 
     rows = [("name", "family", "layers", "hidden", "profile (ivr/ssr/mode)", "weights")]
-    for entry in MODELS.values():
+    for entry in registered().values():
         text = entry.make_config().text_config
-        prof = shipped_profile(entry.profile)
+        prof = entry.shipped_profile()
         rows.append((entry.name, entry.backbone.family, str(text.num_hidden_layers), str(text.hidden_size),
                      f"{entry.profile} ({prof.ivr_layer}/{prof.ssr_layer}/{prof.ssr_mode}, {prof.source})",
                      "built-in (random, seed 0)" if entry.tiny else entry.hf_repo or "zoo (trained here)"))
@@ -215,7 +214,7 @@ def export_command(model, model_path, random_init, profile_path, out, opset, dty
     from .backbones.registry import open_backbone
     from .graphs.export import export_graphs
     from .core.plan import PruningPlan
-    from .core.profile import Profile, shipped_profile
+    from .core.profile import Profile
 
     entry = get_entry(model)
     quantization = quantization_of(weight_bits, block_size, weights_format)
@@ -223,7 +222,7 @@ def export_command(model, model_path, random_init, profile_path, out, opset, dty
     if no_prune and profile_path is not None:
         raise UserError("--profile and --no-prune exclude each other")
     if not no_prune:
-        profile = Profile.load(profile_path) if profile_path is not None else shipped_profile(entry.profile)
+        profile = Profile.load(profile_path) if profile_path is not None else entry.shipped_profile()
         if model_path is None:  # refuse a wrong profile before loading weights
             profile.check_backbone(entry.backbone.family, entry.make_config().text_config.num_hidden_layers, model)
         plan = PruningPlan.halfv(profile, coverage)
@@ -471,19 +470,19 @@ def bundle(graphs_dir, target, out_dir, min_pixels, max_pixels, max_text, max_ne
                f"({' '.join(record['precision_flags'])})")
 
 
-# -- zoo / eval (halfv_export.zoo) ------------------------------------------------------------------
+# -- zoo / eval (halfv_zoo) ------------------------------------------------------------------
 ZOO_NAMES = ["shapes-qwen2.5-vl", "shapes-llava"]
 
 
 @cli.group()
 def zoo():
-    """Tiny VLMs trained here on procedural shapes VQA (weights in halfv_export/zoo/weights)."""
+    """Tiny VLMs trained here on procedural shapes VQA (the halfv-zoo package in zoo/; weights in zoo/halfv_zoo/weights)."""
 
 
 @zoo.command("train")
 @click.argument("name", type=click.Choice(ZOO_NAMES))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="weights folder to write (default: the committed halfv_export/zoo/weights/NAME)")
+              help="weights folder to write (default: the committed zoo/halfv_zoo/weights/NAME)")
 @click.option("--examples", type=int, default=None, callback=positive_int,
               help="training examples (train-split indices first..first+N-1)")
 @click.option("--epochs", type=int, default=None, callback=positive_int)
@@ -523,8 +522,8 @@ def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit, fir
     import dataclasses
     from pathlib import Path
 
-    from .zoo.models import weights_dir
-    from .zoo.train import DEFAULTS, save, train
+    from halfv_zoo.models import weights_dir
+    from halfv_zoo.train import DEFAULTS, save, train
 
     given = dict(examples=examples, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, time_limit_s=time_limit,
                  first_example=first_example, describe_share=describe_share, turns=turns,
@@ -552,8 +551,8 @@ def zoo_train(name, out, examples, epochs, batch_size, lr, seed, time_limit, fir
 @user_errors
 def zoo_data(name, split, samples, out):
     """Write shapes questions as a `calibrate --data` folder (images at NAME's input size + prompts.jsonl)."""
-    from .zoo.data import write_folder
-    from .zoo.models import image_side
+    from halfv_zoo.data import write_folder
+    from halfv_zoo.models import image_side
 
     write_folder(split, samples, image_side(name), out)
     click.echo(f"wrote {samples} {split} questions to {out}")
@@ -566,7 +565,7 @@ def zoo_data(name, split, samples, out):
 @user_errors
 def zoo_card(name, samples):
     """Measure NAME's test accuracy and write its MODEL_CARD.md (and accuracy.json) into the weights folder."""
-    from .zoo.card import write_card
+    from halfv_zoo.card import write_card
 
     path, acc = write_card(name, samples)
     click.echo(f"wrote {path} (test accuracy {acc:.3f} on {samples} questions)")
@@ -594,8 +593,7 @@ def eval_command(model, model_path, methods, keeps, samples, out_dir, graphs_dir
 
     from .backbones.registry import get_entry, load_backbone
     from .core.fileio import atomic_path, write_json
-    from .core.profile import shipped_profile
-    from .zoo.eval import METHODS, evaluate, evaluate_graphs, plot, plot_sweep, sweep_layers as sweep
+    from halfv_zoo.eval import METHODS, evaluate, evaluate_graphs, plot, plot_sweep, sweep_layers as sweep
 
     if model not in ZOO_NAMES:
         raise UserError(f"eval needs a zoo model ({', '.join(ZOO_NAMES)}): its questions have known answers")
@@ -614,13 +612,13 @@ def eval_command(model, model_path, methods, keeps, samples, out_dir, graphs_dir
     out = Path(out_dir or Path("eval-out") / model)
     if sweep_layers:
         stem, draw = "sweep", plot_sweep
-        report = sweep(bb, model, shipped_profile(get_entry(model).profile), samples, progress)
+        report = sweep(bb, model, get_entry(model).shipped_profile(), samples, progress)
     elif graphs_dir is not None:
         stem, draw = "eval", plot
         report = evaluate_graphs(bb, model, graphs_dir, samples, progress)
     else:
         stem, draw = "eval", plot
-        report = evaluate(bb, model, shipped_profile(get_entry(model).profile), names, budgets, samples, progress)
+        report = evaluate(bb, model, get_entry(model).shipped_profile(), names, budgets, samples, progress)
     write_json(out / f"{stem}.json", report)
     with atomic_path(out / f"{stem}.png") as tmp:
         draw(report, tmp)

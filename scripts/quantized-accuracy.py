@@ -23,7 +23,7 @@ from halfv_export.graphs.quantize import Quantization
 from halfv_export.core.plan import PruningPlan
 from halfv_export.core.profile import shipped_profile
 from halfv_export.core.versions import library_versions
-from halfv_export.zoo.eval import evaluate_graphs
+from halfv_zoo.eval import evaluate_graphs
 
 MODELS = ("shapes-qwen2.5-vl", "shapes-llava")
 CONFIGS = {  # label -> (prune, quantization)

@@ -1,7 +1,14 @@
-"""Known checkpoints and the built-in tiny models: one table drives the CLI, loading and the tests."""
+"""Known checkpoints and the built-in tiny models: one table drives the CLI, loading and the tests.
+
+Other packages add models through the `halfv_export.models` entry-point group: each entry point names a
+callable returning ModelEntry objects (the shapes zoo in zoo/ registers its trained models this way, so the
+arrow points from the zoo to this registry, never back).
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +19,10 @@ from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextC
                           Qwen2_5_VLConfig)
 
 from ..core.errors import UserError
+from ..core.profile import PROFILES_DIR, Profile
 from .base import Backbone
 from .llava import LlavaBackbone, LlavaNextBackbone
 from .qwen2_5_vl import Qwen25VLBackbone
-from ..zoo.models import shapes_llava_config, shapes_qwen_config, weights_dir
 
 TINY_SEED = 0
 
@@ -123,14 +130,22 @@ class ModelEntry:
     name: str
     backbone: type[Backbone]
     make_config: Callable
-    profile: str  # shipped profile name under core/profiles
+    profile: str  # shipped profile name: PROFILE_DIR/<profile>.json
     description: str
     hf_repo: str | None = None  # None: built-in tiny model, always random-initialised from a fixed seed
     weights: Path | None = None  # committed weights folder (zoo models trained in this repository)
+    profile_dir: Path = PROFILES_DIR  # where the shipped profile lives (a plugin ships its own)
 
     @property
     def tiny(self) -> bool:
         return self.hf_repo is None and self.weights is None
+
+    @property
+    def profile_path(self) -> Path:
+        return self.profile_dir / f"{self.profile}.json"
+
+    def shipped_profile(self) -> Profile:
+        return Profile.load(self.profile_path)
 
 
 MODELS = {e.name: e for e in [
@@ -148,20 +163,30 @@ MODELS = {e.name: e for e in [
                "built-in tiny LLaVA-1.5 (random, seed 0)"),
     ModelEntry("tiny-llava-next", LlavaNextBackbone, tiny_llava_next_config, "tiny-llava-next",
                "built-in tiny LLaVA-NeXT (random, seed 0)"),
-    ModelEntry("shapes-qwen2.5-vl", Qwen25VLBackbone, shapes_qwen_config, "shapes-qwen2.5-vl",
-               "tiny Qwen2.5-VL trained on shapes VQA (halfv_export/zoo)", weights=weights_dir("shapes-qwen2.5-vl")),
-    ModelEntry("shapes-llava", LlavaBackbone, shapes_llava_config, "shapes-llava",
-               "tiny LLaVA-1.5 (Llama) trained on shapes VQA (halfv_export/zoo)", weights=weights_dir("shapes-llava")),
 ]}
 
 TINY_MODELS = [name for name, entry in MODELS.items() if entry.tiny]
+ENTRY_POINT_GROUP = "halfv_export.models"
+
+
+@functools.cache
+def models() -> dict[str, ModelEntry]:
+    """The built-in MODELS and every installed plugin's entries (entry-point group ENTRY_POINT_GROUP)."""
+    table = dict(MODELS)
+    for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for entry in point.load()():
+            if entry.name in table:
+                raise UserError(f"model {entry.name!r} from plugin {point.value} is already registered")
+            table[entry.name] = entry
+    return table
 
 
 def get_entry(name: str) -> ModelEntry:
+    table = models()
     try:
-        return MODELS[name]
+        return table[name]
     except KeyError:
-        raise UserError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+        raise UserError(f"unknown model {name!r}; known: {', '.join(table)}") from None
 
 
 def hf_cache_dir() -> Path:

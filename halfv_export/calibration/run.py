@@ -18,11 +18,11 @@ import torch
 
 from .. import __version__
 from ..backbones.base import Backbone
-from ..backbones.registry import MODELS
+from ..backbones.registry import models
 from ..core.errors import UserError
 from ..core.fileio import atomic_path
 from ..method.entropy import DEFAULT_K, tme_curves
-from ..core.profile import PROFILES_DIR, Profile, shipped_profile
+from ..core.profile import Profile
 from ..core.versions import library_versions
 from .data import CalibrationSample, image_processor, make_batch, tokenizer_for
 from .probe import DEFAULT_KL_THRESHOLD, choose_mode, layer_skip_kl, probe_layers
@@ -43,9 +43,9 @@ Progress = Callable[[str, int, int], None]
 
 def _ratios(bb: Backbone, model_name: str) -> tuple[dict, str]:
     """(ivr_keep, anchor_share, ssr_keep) from the model's shipped profile, else the family defaults."""
-    entry = MODELS.get(model_name)
-    if entry is not None and (PROFILES_DIR / f"{entry.profile}.json").is_file():
-        shipped = shipped_profile(entry.profile)
+    entry = models().get(model_name)
+    if entry is not None and entry.profile_path.is_file():
+        shipped = entry.shipped_profile()
         return (dict(ivr_keep=shipped.ivr_keep, anchor_share=shipped.anchor_share, ssr_keep=shipped.ssr_keep),
                 f"shipped profile {entry.profile}")
     return dict(DEFAULT_RATIOS[bb.family]), f"{bb.family} defaults"

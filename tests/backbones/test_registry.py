@@ -5,14 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from halfv_export.backbones import MODELS, TINY_MODELS, load_backbone
+from halfv_export.backbones import MODELS, TINY_MODELS, load_backbone, models
 from halfv_export.core.errors import UserError
 
 
 def test_registry_lists_the_known_backbones():
     assert set(MODELS) == {"qwen2.5-vl-7b", "qwen2.5-vl-3b", "llava-1.5-7b", "llava-next-7b",
-                           "tiny-qwen2.5-vl", "tiny-llava", "tiny-llava-next", "shapes-qwen2.5-vl", "shapes-llava"}
+                           "tiny-qwen2.5-vl", "tiny-llava", "tiny-llava-next"}
     assert set(TINY_MODELS) == {"tiny-qwen2.5-vl", "tiny-llava", "tiny-llava-next"}
+
+
+@pytest.mark.zoo
+def test_the_zoo_registers_its_models_through_the_entry_point():
+    """halfv-zoo (zoo/) adds its trained models to the registry; the product itself names none of them."""
+    zoo = {name: entry for name, entry in models().items() if name not in MODELS}
+    assert set(zoo) == {"shapes-qwen2.5-vl", "shapes-llava"}
+    for entry in zoo.values():
+        assert entry.weights.is_dir() and entry.shipped_profile().model == entry.name
 
 
 def test_tiny_models_are_small_and_deterministic():

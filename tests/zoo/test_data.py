@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from halfv_export.zoo import data
+from halfv_zoo import data
 
 SIDE = 168
 

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from halfv_export.cli import cli
-from halfv_export.core.profile import shipped_profile
-from halfv_export.zoo.eval import budget_profile, make_plan
+from halfv_export.backbones import get_entry
+from halfv_zoo.eval import budget_profile, make_plan
 
 NAME = "shapes-llava"
 
@@ -44,7 +44,7 @@ def test_layer_sweep_covers_every_pair_and_marks_the_calibrated_one(tmp_path):
     layers = data["profile"]["num_layers"]
     pairs = [(r["ivr_layer"], r["ssr_layer"]) for r in data["results"]]
     assert pairs == [(i, s) for i in range(1, layers - 1) for s in range(i + 1, layers)]
-    prof = shipped_profile(NAME)
+    prof = get_entry(NAME).shipped_profile()
     assert [p for p, r in zip(pairs, data["results"]) if r["calibrated"]] == [(prof.ivr_layer, prof.ssr_layer)]
     # pruning earlier keeps fewer tokens for longer: the speedup falls as the IVR layer moves down
     first_ssr = {r["ivr_layer"]: r["flops_speedup"] for r in data["results"] if r["ssr_layer"] == layers - 1}
@@ -53,7 +53,7 @@ def test_layer_sweep_covers_every_pair_and_marks_the_calibrated_one(tmp_path):
 
 
 def test_budget_profile_keeps_the_ssr_ratio():
-    prof = shipped_profile("shapes-qwen2.5-vl")
+    prof = get_entry("shapes-qwen2.5-vl").shipped_profile()
     variant = budget_profile(prof, prof.ivr_keep / 2)
     assert variant.ivr_keep == prof.ivr_keep / 2
     if prof.ssr_keep is not None:

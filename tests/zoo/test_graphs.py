@@ -10,18 +10,17 @@ import dataclasses
 
 import pytest
 
-from halfv_export.backbones import load_backbone
+from halfv_export.backbones import get_entry, load_backbone
 from halfv_export.graphs.export import export_graphs
 from halfv_export.core.plan import PruningPlan
-from halfv_export.core.profile import shipped_profile
-from halfv_export.zoo.eval import evaluate_graphs
+from halfv_zoo.eval import evaluate_graphs
 
 
 @pytest.mark.parametrize("name,ssr_mode", [("shapes-llava", None), ("shapes-qwen2.5-vl", None),
                                            ("shapes-qwen2.5-vl", "topk")])
 def test_graphs_answer_like_the_reference(name, ssr_mode, tmp_path):
     bb = load_backbone(name)
-    profile = shipped_profile(name)
+    profile = get_entry(name).shipped_profile()
     if ssr_mode is not None:
         profile = dataclasses.replace(profile, ssr_mode=ssr_mode)
     export_graphs(bb, name, tmp_path / name, PruningPlan.halfv(profile), profile)

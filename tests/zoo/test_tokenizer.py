@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from halfv_export.runtime.text import load_tokenizer, prompt_ids
-from halfv_export.zoo import data, tokenizer
-from halfv_export.zoo.models import weights_dir
+from halfv_zoo import data, tokenizer
+from halfv_zoo.models import weights_dir
 
 
 def test_every_question_and_answer_is_in_the_vocabulary():

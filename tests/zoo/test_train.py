@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from halfv_export.backbones import load_backbone
 from halfv_export.cli import cli
-from halfv_export.zoo import data, tokenizer
-from halfv_export.zoo.models import image_side
-from halfv_export.zoo.train import (IGNORE, TrainSettings, build_model, encode, processor_for, save, train,
+from halfv_zoo import data, tokenizer
+from halfv_zoo.models import image_side
+from halfv_zoo.train import (IGNORE, TrainSettings, build_model, encode, processor_for, save, train,
                                      training_sample)
 
 NAME = "shapes-llava"  # the cheaper of the two; both share encode/collate/train
@@ -104,7 +104,7 @@ def test_training_forward_is_the_models_own():
     from halfv_export.backbones.base import MultimodalBatch
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    from halfv_export.zoo.train import collate
+    from halfv_zoo.train import collate
 
     bb = build_model(NAME)
     side = image_side(NAME)
@@ -133,7 +133,7 @@ def test_vision_stage_teaches_the_probe_and_the_probe_is_not_saved(two_runs):
 def test_answer_loss_weighs_examples_equally():
     """Equal-length answers: the transformers token mean. A long and a short answer: the mean of the two
     examples' own means, so a description does not outweigh a one-word answer."""
-    from halfv_export.zoo.train import answer_loss_per_example, next_labels
+    from halfv_zoo.train import answer_loss_per_example, next_labels
 
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 11)
@@ -152,7 +152,7 @@ def test_answer_loss_weighs_examples_equally():
 def test_training_logits_are_the_models_at_the_labelled_positions():
     """Training asks the model for logits only where a label is predicted (logits_to_keep, a boolean mask):
     they equal the full forward's logits there, request by request."""
-    from halfv_export.zoo.train import collate, next_labels
+    from halfv_zoo.train import collate, next_labels
 
     bb = build_model(NAME)
     side = image_side(NAME)
@@ -170,7 +170,7 @@ def test_training_logits_are_the_models_at_the_labelled_positions():
 def test_place_probe_reads_each_visual_token_with_its_quadrant(two_runs):
     """Quadrant targets in raster order (top-left 0, top-right 1, bottom-left 2, bottom-right 3), read only at
     the visual positions; the place loss is logged in training."""
-    from halfv_export.zoo.train import PlaceProbe
+    from halfv_zoo.train import PlaceProbe
 
     probe = PlaceProbe(8, grid=4)
     assert probe.targets.tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3]
@@ -188,7 +188,7 @@ def test_place_probe_reads_each_visual_token_with_its_quadrant(two_runs):
 def test_mention_probe_targets_each_word_naming_a_shape_with_its_quadrant():
     """After the image, every kind or colour word of the scene (in questions, answers and follow-ups) is labelled
     with that shape's quadrant 2 * row + col; nothing else is, and the loss is the cross-entropy there."""
-    from halfv_export.zoo.train import MentionProbe
+    from halfv_zoo.train import MentionProbe
 
     bb, words = build_model(NAME), tokenizer.load()
     sample = next(s for s in data.samples("train", 50) if len(s.scene.things) >= 3)

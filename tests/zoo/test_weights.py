@@ -12,9 +12,9 @@ import json
 import pytest
 
 from halfv_export.backbones import load_backbone
-from halfv_export.zoo.card import SUBSET
-from halfv_export.zoo.eval import accuracy, eval_questions, reference_answers
-from halfv_export.zoo.models import weights_dir
+from halfv_zoo.card import SUBSET
+from halfv_zoo.eval import accuracy, eval_questions, reference_answers
+from halfv_zoo.models import weights_dir
 
 ZOO = ["shapes-qwen2.5-vl", "shapes-llava"]
 

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from halfv_export.backbones import load_backbone
+from halfv_export.backbones import get_entry, load_backbone
 from halfv_export.method.decoder import prefill
 from halfv_export.core.plan import PruningPlan
 from halfv_export.method.selection import COVERAGE_TIE, anchor_relevance, fps_coverage, normalized_features
-from halfv_export.core.profile import shipped_profile
-from halfv_export.zoo.eval import eval_questions, prepare_questions
+from halfv_zoo.eval import eval_questions, prepare_questions
 
 QUESTIONS = 24
 ZOO = ("shapes-llava", "shapes-qwen2.5-vl")
@@ -25,7 +24,7 @@ def real_fps_inputs(name: str, count: int = QUESTIONS) -> list:
     """(features [1, N, D] float32, anchors [1, A], k) that select_ivr hands to fps on the first `count` test
     questions, at the shipped profile's IVR layer: the unpruned layers before it are the pruned prefill's."""
     bb = load_backbone(name)
-    plan = PruningPlan.halfv(shipped_profile(name))
+    plan = PruningPlan.halfv(get_entry(name).shipped_profile())
     layer = plan.prune_layer
     out = []
     for q in prepare_questions(bb, name, eval_questions(count)):

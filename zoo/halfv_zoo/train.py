@@ -28,10 +28,10 @@ from typing import Callable
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..backbones.base import Backbone, MultimodalBatch
-from ..calibration.data import make_batch
-from ..core.fileio import atomic_dir
-from ..runtime.text import prompt_ids
+from halfv_export.backbones.base import Backbone, MultimodalBatch
+from halfv_export.calibration.data import make_batch
+from halfv_export.core.fileio import atomic_dir
+from halfv_export.runtime.text import prompt_ids
 from . import data, tokenizer as zoo_tokenizer
 from .models import EMBEDDING_STD, ZOO, image_side, tokens_per_side
 
@@ -77,7 +77,7 @@ DEFAULTS = {"shapes-qwen2.5-vl": TrainSettings(examples=33600, vision_steps=4000
 
 
 def build_model(name: str, seed: int = 0) -> Backbone:
-    from ..backbones.registry import get_entry
+    from halfv_export.backbones.registry import get_entry
 
     make_config, _ = ZOO[name]
     torch.manual_seed(seed)
@@ -336,7 +336,7 @@ def train(name: str, settings: TrainSettings, progress: Callable[[str], None] = 
     place loss."""
     torch.set_num_threads(settings.threads)
     if init is not None:
-        from ..backbones.registry import load_backbone
+        from halfv_export.backbones.registry import load_backbone
 
         bb = load_backbone(name, init)
         previous = json.loads((Path(init) / "train.json").read_text()) if (Path(init) / "train.json").is_file() else None

@@ -218,7 +218,7 @@ def write_folder(split: str, count: int, side: int, out) -> None:
     import json
     from pathlib import Path
 
-    from ..core.fileio import atomic_dir
+    from halfv_export.core.fileio import atomic_dir
 
     with atomic_dir(out) as tmp:
         lines = []

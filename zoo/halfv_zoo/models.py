@@ -15,6 +15,7 @@ from pathlib import Path
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, Qwen2_5_VLConfig
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+PROFILES_DIR = Path(__file__).parent / "profiles"
 QWEN_SIDE = 336
 LLAVA_SIDE = 168
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=6, num_attention_heads=4,
@@ -73,3 +74,19 @@ def visual_tokens(name: str) -> int:
 
 def weights_dir(name: str) -> Path:
     return WEIGHTS_DIR / name
+
+
+def registry_entries() -> list:
+    """The zoo's models for halfv_export's registry (entry point `halfv_export.models`, zoo/pyproject.toml)."""
+    from halfv_export.backbones.llava import LlavaBackbone
+    from halfv_export.backbones.qwen2_5_vl import Qwen25VLBackbone
+    from halfv_export.backbones.registry import ModelEntry
+
+    return [
+        ModelEntry("shapes-qwen2.5-vl", Qwen25VLBackbone, shapes_qwen_config, "shapes-qwen2.5-vl",
+                   "tiny Qwen2.5-VL trained on shapes VQA (halfv-zoo)", weights=weights_dir("shapes-qwen2.5-vl"),
+                   profile_dir=PROFILES_DIR),
+        ModelEntry("shapes-llava", LlavaBackbone, shapes_llava_config, "shapes-llava",
+                   "tiny LLaVA-1.5 (Llama) trained on shapes VQA (halfv-zoo)", weights=weights_dir("shapes-llava"),
+                   profile_dir=PROFILES_DIR),
+    ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..backbones.registry import load_backbone
-from ..core.fileio import atomic_path, write_json
+from halfv_export.backbones.registry import load_backbone
+from halfv_export.core.fileio import atomic_path, write_json
 from .data import DESCRIBE_PROMPTS, QUESTION_KINDS, SHAPE_SIZE
 from .eval import accuracy, by_kind, eval_questions, reference_answers
 from .models import image_side, visual_tokens, weights_dir

@@ -18,7 +18,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 
-from ..runtime.text import PROMPT_TEMPLATES, HFTokenizer
+from halfv_export.runtime.text import PROMPT_TEMPLATES, HFTokenizer
 from . import data
 
 SPECIALS = ["[PAD]", "<s>", "</s>", "[UNK]"]  # ids 0..3 = pad / bos / eos / unk in the zoo configs

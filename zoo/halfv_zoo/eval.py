@@ -29,12 +29,12 @@ from typing import Callable
 
 import torch
 
-from ..backbones.base import Backbone, DecoderInputs
-from ..core.errors import UserError
-from ..core.flops import DecoderDims, fastv_schedule, halfv_schedule, prefill_flops, unpruned_schedule
-from ..method.decoder import generate
-from ..core.plan import PruningPlan
-from ..core.profile import Profile
+from halfv_export.backbones.base import Backbone, DecoderInputs
+from halfv_export.core.errors import UserError
+from halfv_export.core.flops import DecoderDims, fastv_schedule, halfv_schedule, prefill_flops, unpruned_schedule
+from halfv_export.method.decoder import generate
+from halfv_export.core.plan import PruningPlan
+from halfv_export.core.profile import Profile
 from . import data, tokenizer as zoo_tokenizer
 from .models import image_side
 from .train import encode, processor_for
@@ -226,8 +226,8 @@ def plot_sweep(report: dict, path: str | os.PathLike) -> None:
 def evaluate_graphs(bb: Backbone, name: str, graphs_dir: str | os.PathLike, count: int,
                     progress: Callable[[str], None] = lambda line: None) -> dict:
     """Accuracy of an exported graphs folder through VlmPipeline, and its agreement with the reference."""
-    from ..core.manifest import Manifest
-    from ..runtime.vlm import VlmPipeline
+    from halfv_export.core.manifest import Manifest
+    from halfv_export.runtime.vlm import VlmPipeline
 
     manifest = Manifest.load(graphs_dir)
     if manifest.get("model") != name:
