@@ -26,7 +26,7 @@ from halfv_export.core.plan import PruningPlan
 MODEL, WIDTH, LAYERS, TOKENS = "qwen2.5-vl-7b", 512, 8, 16
 PROBE = """
 import json, sys
-from halfv_export.runtime.preprocess import load_image
+from halfv_export.core.image import load_image
 from halfv_export.runtime.vlm import VlmPipeline
 pipeline = VlmPipeline(sys.argv[1], threads=2, share_weights=sys.argv[2] == "shared")
 image = load_image(sys.argv[3])

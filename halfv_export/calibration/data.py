@@ -49,6 +49,7 @@ from PIL import Image, ImageDraw
 
 from ..backbones.base import Backbone, MultimodalBatch
 from ..core.errors import UserError
+from ..core.families import qwen2_5_vl
 from ..runtime.text import ByteTokenizer, load_tokenizer, prompt_ids, special_token_ids
 
 PROMPTS_FILE = "prompts.jsonl"
@@ -71,7 +72,7 @@ PALETTE = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), 
            "purple": (140, 60, 170), "orange": (245, 140, 30), "black": (20, 20, 20), "cyan": (40, 200, 210)}
 BACKGROUNDS = [(250, 250, 250), (235, 235, 220), (210, 225, 240), (60, 60, 70)]
 
-CHECKPOINT_QWEN_PIXELS = (256 * 28 * 28, 1024 * 28 * 28)
+CHECKPOINT_QWEN_PIXELS = (256 * qwen2_5_vl.PIXELS_PER_TOKEN, 1024 * qwen2_5_vl.PIXELS_PER_TOKEN)
 NO_WEIGHTS_QWEN_PIXELS = (112 * 112, 224 * 224)
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from .. import __version__
 from ..backbones.base import Backbone
 from ..backbones.registry import models
 from ..core.errors import UserError
+from ..core.families import family
 from ..core.fileio import atomic_path
 from ..method.entropy import DEFAULT_K, tme_curves
 from ..core.profile import Profile
@@ -28,13 +29,8 @@ from .data import CalibrationSample, image_processor, make_batch, tokenizer_for
 from .probe import DEFAULT_KL_THRESHOLD, choose_mode, layer_skip_kl, probe_layers
 from .stages import DECLINE_STEPS, WINDOW, choose_stages
 
-# Ratios when the model has no shipped profile (method page, paper table). ssr_keep is needed only
-# when the probe says "topk"; the LLaVA family then borrows Qwen's 5%.
-DEFAULT_RATIOS = {
-    "qwen2_5_vl": dict(ivr_keep=0.25, anchor_share=0.2, ssr_keep=0.05),
-    "llava": dict(ivr_keep=0.5, anchor_share=0.2, ssr_keep=None),
-    "llava_next": dict(ivr_keep=0.5, anchor_share=0.2, ssr_keep=None),
-}
+# Without a shipped profile the family's default ratios apply (core/families, from the paper's table).
+# ssr_keep is needed only when the probe says "topk"; the LLaVA family then borrows Qwen's 5%.
 FALLBACK_SSR_KEEP = 0.05
 
 # progress(phase, done, total): called after each sample of each pass.
@@ -48,7 +44,7 @@ def _ratios(bb: Backbone, model_name: str) -> tuple[dict, str]:
         shipped = entry.shipped_profile()
         return (dict(ivr_keep=shipped.ivr_keep, anchor_share=shipped.anchor_share, ssr_keep=shipped.ssr_keep),
                 f"shipped profile {entry.profile}")
-    return dict(DEFAULT_RATIOS[bb.family]), f"{bb.family} defaults"
+    return dict(family(bb.family).default_ratios), f"{bb.family} defaults"
 
 
 def _versions() -> dict:

@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass
 
 from ..core.errors import UserError
+from ..core.families import family
 from ..core.profile import Profile, keep_count
 
-QWEN_PIXELS_PER_TOKEN = 28 * 28  # patch 14, 2x2 merge
 PREFIX_MAX = 128  # system prompt + chat template before the image
 DEFAULT_MAX_TEXT = 512  # suffix (question + template) tokens
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -117,19 +117,20 @@ def visual_range(manifest: dict, min_pixels: int | None = None, max_pixels: int 
     base = DimRange(int(vt["min"]), int(vt["opt"]), int(vt["max"]))
     if min_pixels is None and max_pixels is None:
         return base
-    if manifest.get("backbone") != "qwen2_5_vl":
+    per_token = family(str(manifest.get("backbone"))).pixels_per_token
+    if per_token is None:
         raise UserError(f"--min-pixels/--max-pixels apply to Qwen2.5-VL only: {manifest.get('backbone')} "
                         f"visual tokens follow its fixed tiles (range {base.min}..{base.max} from the manifest)")
-    # smart_resize keeps both sides multiples of 28 with min_pixels <= h*w <= max_pixels.
-    lo = math.ceil(min_pixels / QWEN_PIXELS_PER_TOKEN) if min_pixels is not None else base.min
-    hi = max_pixels // QWEN_PIXELS_PER_TOKEN if max_pixels is not None else base.max
+    # smart_resize keeps both sides multiples of the token side with min_pixels <= h*w <= max_pixels.
+    lo = math.ceil(min_pixels / per_token) if min_pixels is not None else base.min
+    hi = max_pixels // per_token if max_pixels is not None else base.max
     if lo < 1 or lo > hi:
         raise UserError(f"pixel range {min_pixels}..{max_pixels} gives no visual-token count "
-                        f"({lo}..{hi} at {QWEN_PIXELS_PER_TOKEN} pixels per token)")
+                        f"({lo}..{hi} at {per_token} pixels per token)")
     if lo < base.min or hi > base.max:
         raise UserError(f"pixel range gives {lo}..{hi} visual tokens, outside the graphs' range "
-                        f"{base.min}..{base.max} (pixels {base.min * QWEN_PIXELS_PER_TOKEN}.."
-                        f"{base.max * QWEN_PIXELS_PER_TOKEN}); export with a wider range")
+                        f"{base.min}..{base.max} (pixels {base.min * per_token}.."
+                        f"{base.max * per_token}); export with a wider range")
     return DimRange.middle(lo, hi)
 
 

@@ -1,6 +1,6 @@
 """The vision graph of each family: pixels (+ host-computed layout) -> visual tokens as the LLM sees them.
 
-Contract with the runtime (runtime/vision_inputs.py builds every non-pixel input with numpy):
+Contract with the runtime (core/families builds every non-pixel input with numpy):
 
   qwen2_5_vl  pixel_values   [patches, 3*T*p*p] f32   processor patches (merge-block order)
               rotary_pos_ids [patches, 2] i64         (h, w) of each patch
@@ -33,10 +33,11 @@ from torch import nn
 
 from ..backbones.base import Backbone
 from ..core.errors import UserError
+from ..core.families.llava import llava_next_pack_index
+from ..core.families.qwen2_5_vl import MAX_PIXELS, MIN_PIXELS, qwen_vision_inputs
 from ..core.fileio import atomic_path
+from ..core.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..core.manifest import sha256_file
-from ..runtime.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from ..runtime.vision_inputs import llava_next_pack_index, qwen_vision_inputs
 from .wrappers import GraphSpec
 
 OUTPUT = "image_features"
@@ -224,7 +225,7 @@ def vision_spec(bb: Backbone) -> GraphSpec:
 
 
 def preprocess_config(bb: Backbone) -> dict:
-    """Plain settings for runtime/preprocess.py and vision_inputs.py (goes into the manifest).
+    """Plain settings for runtime/preprocess.py and core/families (goes into the manifest).
 
     Defaults are those of the family's transformers image processor for this config; a checkpoint
     folder's preprocessor_config.json (if the model was loaded from one) overrides mean/std/pixels.
@@ -235,7 +236,7 @@ def preprocess_config(bb: Backbone) -> dict:
            "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD), "resample": "bicubic"}
     if bb.family == "qwen2_5_vl":
         out.update(merge_size=int(vision.spatial_merge_size), temporal_patch_size=int(vision.temporal_patch_size),
-                   window_size=int(vision.window_size), min_pixels=56 * 56, max_pixels=28 * 28 * 1280,
+                   window_size=int(vision.window_size), min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS,
                    vision_start_token_id=int(cfg.vision_start_token_id),
                    vision_end_token_id=int(cfg.vision_end_token_id))
     else:
@@ -294,7 +295,7 @@ def export_vision(bb: Backbone, out_path: str | os.PathLike, opset: int = 20, pr
     """Export the vision graph to `out_path` (atomically) and return its manifest entry.
 
     The entry has file, data (external weights file or None), sha256, inputs/outputs with symbolic
-    dims, and "preprocess": the plain settings runtime/preprocess.py and vision_inputs.py read.
+    dims, and "preprocess": the plain settings runtime/preprocess.py and core/families read.
     """
     if opset < 18:
         raise UserError(f"opset {opset} is below 18, the lowest the dynamo exporter supports")

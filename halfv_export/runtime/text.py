@@ -13,25 +13,16 @@ import os
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.families import family
 
 BYTE_OFFSET = 10
 
-# Chat text around the image span per family: (before, after); "{prompt}" is replaced by the user text.
-#   Qwen2.5-VL:  <|im_start|>user\n <vision_start> <image>*N <vision_end> PROMPT<|im_end|>\n<|im_start|>assistant\n
-#   LLaVA-1.5:   <bos> USER: <image>*N \nPROMPT ASSISTANT:
-#   LLaVA-NeXT:  <bos> [INST] <image>*N \nPROMPT [/INST]
-PROMPT_TEMPLATES = {
-    "qwen2_5_vl": ("<|im_start|>user\n", "{prompt}<|im_end|>\n<|im_start|>assistant\n"),
-    "llava": ("USER: ", "\n{prompt} ASSISTANT:"),
-    "llava_next": ("[INST] ", "\n{prompt} [/INST]"),
-}
-BOS_FAMILIES = ("llava", "llava_next")  # Qwen's chat format starts without a BOS token
 
-
-def prompt_ids(tokenizer, family: str, prompt: str, bos_token_id: int | None) -> tuple[list[int], list[int]]:
-    """(ids before the image span, ids after it) in the family's chat format."""
-    before, after = PROMPT_TEMPLATES[family]
-    bos = [bos_token_id] if family in BOS_FAMILIES and bos_token_id is not None else []
+def prompt_ids(tokenizer, family_key: str, prompt: str, bos_token_id: int | None) -> tuple[list[int], list[int]]:
+    """(ids before the image span, ids after it) in the family's chat format (core/families)."""
+    spec = family(family_key)
+    before, after = spec.prompt
+    bos = [bos_token_id] if spec.bos and bos_token_id is not None else []
     return bos + tokenizer.encode(before), tokenizer.encode(after.format(prompt=prompt))
 
 

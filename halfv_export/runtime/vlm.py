@@ -16,9 +16,8 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.manifest import Manifest
 from .pipeline import Generation, OrtPipeline, make_session
-from .preprocess import expand_prompt
+from .preprocess import expand_prompt, vision_request
 from .text import load_tokenizer, prompt_ids
-from .vision_inputs import vision_request
 
 
 @dataclass

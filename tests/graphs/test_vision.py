@@ -19,7 +19,9 @@ from halfv_export.backbones.registry import MODELS, build_random
 from halfv_export.core.errors import UserError
 from halfv_export.graphs.vision import export_vision, preprocess_config, vision_spec
 from halfv_export.core.manifest import sha256_file
-from halfv_export.runtime.vision_inputs import llava_next_pack_index, qwen_vision_inputs, vision_feed
+from halfv_export.core.families.llava import llava_next_pack_index
+from halfv_export.core.families.qwen2_5_vl import qwen_vision_inputs
+from halfv_export.runtime.preprocess import vision_feed
 from tests.conftest import tiny_backbone
 
 ATOL = 1e-4  # fp32 graph vs transformers eager; measured differences are ~1e-7

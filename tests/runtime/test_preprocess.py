@@ -15,7 +15,9 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 from halfv_export.core.errors import UserError
 from halfv_export.graphs.vision import preprocess_config
-from halfv_export.runtime.preprocess import expand_prompt, image_pixels, load_image, smart_resize
+from halfv_export.core.families.qwen2_5_vl import smart_resize
+from halfv_export.core.image import load_image
+from halfv_export.runtime.preprocess import expand_prompt, image_pixels
 from tests.conftest import TINY, tiny_backbone
 
 # Same PIL filter on the same uint8 RGB image, same float64 rescale and float32 normalise: the
@@ -178,7 +180,7 @@ def test_expand_prompt_without_image_adds_no_markers():
 
 
 def test_runtime_modules_do_not_import_torch():
-    code = ("import sys, halfv_export.runtime.preprocess, halfv_export.runtime.vision_inputs; "
+    code = ("import sys, halfv_export.runtime.preprocess, halfv_export.core.families; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

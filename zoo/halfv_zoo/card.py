@@ -69,7 +69,7 @@ eos id {text['eos_token_id']}, {tying} embeddings{mrope}
 - vision: {vision_line}
 - images: {side}x{side} px -> {visual_tokens(name)} visual tokens; tokenizer: one id per word (WordLevel, \
 zoo/tokenizer.py), shipped as tokenizer.json
-- prompt layout: the family chat template of runtime/text.py PROMPT_TEMPLATES (as VlmPipeline builds it)
+- prompt layout: the family chat template of halfv_export/core/families (as VlmPipeline builds it)
 
 ## Data recipe
 Scenes of 1-4 shapes (circle, square, triangle, cross) in distinct cells of a 2x2 grid, distinct colours

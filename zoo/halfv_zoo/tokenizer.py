@@ -18,7 +18,8 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 
-from halfv_export.runtime.text import PROMPT_TEMPLATES, HFTokenizer
+from halfv_export.core.families import FAMILIES
+from halfv_export.runtime.text import HFTokenizer
 from . import data
 
 SPECIALS = ["[PAD]", "<s>", "</s>", "[UNK]"]  # ids 0..3 = pad / bos / eos / unk in the zoo configs
@@ -29,7 +30,7 @@ def words() -> list[str]:
     """Every word and punctuation mark of the task's questions, answers and the two chat templates."""
     text = [t.format(kind=" ", colour=" ") for t in data.QUESTION_TEMPLATES.values()]
     text += list(data.COLOURS) + list(data.SHAPES) + data.answer_vocabulary() + list(data.DESCRIBE_PROMPTS.values())
-    for before, after in (PROMPT_TEMPLATES["qwen2_5_vl"], PROMPT_TEMPLATES["llava"]):
+    for before, after in (FAMILIES["qwen2_5_vl"].prompt, FAMILIES["llava"].prompt):
         text += [before, after.format(prompt=" ")]
     for special in CHAT_SPECIALS:
         text = [t.replace(special, " ") for t in text]
