@@ -1,4 +1,8 @@
-"""Shared fixtures: the built-in tiny models (real transformers classes, random weights, seed 0)."""
+"""Shared fixtures: the built-in tiny models (real transformers classes, random weights, seed 0).
+
+Torch-free at import: collection must work in a base (runtime-only) install, so anything that needs torch or
+transformers is imported inside the function that uses it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import functools
 
 import pytest
 
-from halfv_export.backbones import load_backbone
 from halfv_export.core.profile import shipped_profile
 
 # One table drives the per-family tests: two image sizes per family where the family allows it
@@ -21,6 +24,8 @@ TINY = list(TINY_IMAGES)
 
 @functools.lru_cache(maxsize=None)
 def tiny_backbone(name: str):
+    from halfv_export.backbones import load_backbone  # torch + transformers: only when a test asks for a model
+
     return load_backbone(name)
 
 
