@@ -23,7 +23,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -36,6 +35,7 @@ from .core.fileio import atomic_path, write_json
 from .core.flops import FORMULAS, FREEZE_NOTE, DecoderDims, speedup_table
 from .core.manifest import CACHE_PARTS, past_name, present_name
 from .core.profile import Profile
+from .core.progress import say
 from .runtime.pipeline import make_session
 
 SCHEMA = "halfv-bench/1"
@@ -46,7 +46,8 @@ DECODE_REPEAT_FACTOR = 4  # a decode step is short: more rounds for the same noi
 
 
 def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+    """A progress line on the halfv_export logger (core/progress.py)."""
+    say(f"[bench] {message}")
 
 
 @dataclass(frozen=True)

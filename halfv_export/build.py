@@ -5,15 +5,11 @@ Each step is the same function its own command calls; this module only chains th
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core.errors import UserError
-
-
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+from .core.progress import say  # progress lines on the halfv_export logger
 
 
 @dataclass

@@ -117,6 +117,40 @@ class ParityReport:
     def save_json(self, path) -> None:
         write_json(path, self.to_dict())
 
+    def render(self) -> str:
+        """The summary `check` prints: per comparison kind, how many passed, over how many shapes, the worst
+        logits difference."""
+        groups = {}
+        for c in self.comparisons:
+            groups.setdefault(c.kind, []).append(c)
+        lines = []
+        for kind, items in groups.items():
+            cases = len({c.case for c in items})
+            diffs = [c.max_abs_diff for c in items if c.max_abs_diff is not None and c.output == "logits"]
+            worst = f", max logits diff {max(diffs):.2g}" if diffs else ""
+            lines.append(f"{kind:8} {sum(c.passed for c in items)}/{len(items)} comparisons passed over {cases} "
+                         f"shapes{worst}")
+        return "\n".join(lines)
+
+    __str__ = render
+
+    def verdict(self) -> str:
+        """The last line: PASSED with the time taken, or FAILED with the first difference."""
+        first = self.first_failure
+        if first is not None:
+            return f"FAILED ({self.model}, {self.dtype}): first difference: {first.describe()}"
+        return f"PASSED ({self.model}, {self.dtype}, {self.seconds:.1f} s)"
+
+    def warnings(self) -> list[str]:
+        """What the reference saw that the graphs' user should know (fp16 overflow of an fp32 model)."""
+        from .method.activations import FP16_SAFE_MAX
+
+        if not self.fp16_overflow_layers:
+            return []
+        return [f"activations above {FP16_SAFE_MAX:.0e} in layers {self.fp16_overflow_layers} (largest "
+                f"{max(self.activation_max):.3g}): an fp16 graph of this model would overflow there; keep fp32 "
+                f"graphs for it"]
+
     def save_junit(self, path) -> None:
         """JUnit XML: one testcase per comparison, a <failure> naming the difference where it failed."""
         failures = sum(not c.passed for c in self.comparisons)

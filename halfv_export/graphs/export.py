@@ -105,15 +105,30 @@ def _io(values) -> list:
     return out
 
 
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter's own chatter (progress banners, torchvision notes, deprecations) is not ours to print."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export")]
+    """The exporter's own chatter (torch.onnx/torch.export/onnxscript log lines and progress banners, torchvision
+    notes, deprecation warnings, stray prints) is not ours to show: their loggers are raised to ERROR, their
+    warnings dropped, and what they print kept off stdout, which is a command's answer. With -v (the
+    halfv_export logger at DEBUG) all of it is shown, on stderr."""
+    import io
+    import sys
+
+    from ..core.progress import LOGGER
+
+    if LOGGER.isEnabledFor(logging.DEBUG):
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    loggers = [logging.getLogger(n) for n in EXPORTER_LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
