@@ -35,14 +35,14 @@ from ..backbones.base import Backbone
 from ..backbones.checkpoint import ModelWeights, materialize, skeleton_model
 from ..core.errors import UserError
 from ..core.fileio import atomic_dir
+from ..core.limits import check_topk_bound, largest_within_topk
 from ..core.manifest import DATA_FILES, SCHEMA_VERSION, Manifest, sha256_file
 from ..core.plan import PruningPlan
-from ..core.profile import Profile, keep_count
+from ..core.profile import Profile
 from ..core.progress import step
 from ..core.versions import library_versions
 from . import naming
 from .fps import translation_table
-from ..core.lint import check_topk_bound
 from .quantize import Quantization
 from .vision import export_vision
 from .weights import WeightFile, bind, check_quantized, check_weights_external, external_tensors, save_graph
@@ -52,7 +52,6 @@ OPSETS = tuple(range(18, 24))  # the dynamo exporter has no implementations belo
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 EXPORTABLE_SELECTORS = ("fps", "oneshot", "fastv", "oracle")  # "random" draws with Python ints: not traceable
 DECODER_DATA = "decoder.onnx.data"  # the embed, prefill and decode graphs' one copy of the decoder weights
-TOPK_LIMIT = 3840  # TensorRT's largest TopK K
 MAX_VISUAL_TOKENS = 16384
 # Max |logits| difference allowed between an fp16 graph and the fp32 reference (fp32 graphs: 1e-4).
 # Measured on tiny-qwen2.5-vl (logits of magnitude ~1): 5e-4. Kept indices may differ in fp16 when two
@@ -74,8 +73,7 @@ def default_visual_tokens(bb: Backbone, plan: PruningPlan | None) -> tuple[int, 
         return n, n, n
     high = MAX_VISUAL_TOKENS
     if plan is not None:
-        while keep_count(high, plan.keep) > TOPK_LIMIT:
-            high -= 1
+        high = largest_within_topk(plan.kept_count, high)
     return 1, min(1024, high), high
 
 

@@ -16,6 +16,7 @@ from onnx import numpy_helper
 
 from halfv_export.cli import cli
 from halfv_export.core.errors import UserError
+from halfv_export.core.limits import largest_within_topk
 from halfv_export.core.lint import (TARGETS, TOPK_MAX_K, check_topk_bound, eval_dim, lint_graphs,
                                       lint_manifest, lint_model)
 from halfv_export.core.manifest import MANIFEST_NAME, Manifest, sha256_file
@@ -286,6 +287,15 @@ def test_check_topk_bound_names_the_exact_limit():
         check_topk_bound(qwen, 16384)
     assert check_topk_bound(None, 10**6) == {}
     assert check_topk_bound(shipped_profile("llava-1.5-7b"), 576)["ivr_keep"] == 288
+
+
+def test_largest_within_topk_is_the_boundary_of_a_growing_k():
+    """The one search export and lint share: the exact largest n, or None when low already exceeds."""
+    assert largest_within_topk(lambda n: (n + 1) // 2, 20000) == max(
+        n for n in range(20001) if (n + 1) // 2 <= TOPK_MAX_K)
+    assert largest_within_topk(lambda n: keep_count(n, 0.25), 16384) == 15363  # Qwen2.5-VL-7B at keep 0.25
+    assert largest_within_topk(lambda n: n, 100, 5) == 100  # everything fits: the upper end
+    assert largest_within_topk(lambda n: n + TOPK_MAX_K, 100, 1) is None
 
 
 # -- folders and the CLI ----------------------------------------------------------------------------
