@@ -33,7 +33,7 @@ import numpy as np
 from .core.errors import UserError
 from .core.fileio import atomic_path, write_json
 from .core.flops import FORMULAS, FREEZE_NOTE, DecoderDims, speedup_table
-from .core.manifest import CACHE_PARTS, past_name, present_name
+from .core.manifest import CACHE_PARTS, INDEX_OUTPUTS, past_name, present_name
 from .core.profile import Profile
 from .core.progress import say
 from .runtime.pipeline import make_session
@@ -298,7 +298,7 @@ def _export_all(bb, name: str, profile: Profile, fastv_keep: float, workdir: Pat
 
 
 def _kept_counts(outputs: dict) -> dict:
-    return {key: int(outputs[key].shape[1]) for key in ("kept_ivr", "kept_ssr") if key in outputs}
+    return {key: int(outputs[key].shape[1]) for key in INDEX_OUTPUTS if key in outputs}
 
 
 def _expected_counts(variant: str, profile: Profile, fastv_keep: float, n: int) -> dict:

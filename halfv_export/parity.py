@@ -27,19 +27,11 @@ import torch
 
 from .core.errors import UserError
 from .core.fileio import atomic_path, write_json
-from .core.manifest import PRESENT_PREFIX, Manifest, present_name
+from .core.manifest import INDEX_OUTPUTS, PRESENT_PREFIX, Manifest, present_name
 from .core.profile import Profile
 from .core.progress import step
+from .core.tolerances import PARITY
 
-# (atol, rtol) for logits and KVs. fp16 graphs are compared with the fp32 reference: half precision
-# keeps ~3 decimal digits and the error grows over the layers, so fp16 uses the exporter's measured
-# bound (graphs.export.FP16_TOLERANCE, 5e-2). Kept indices and tokens stay exact in both (a near-tie
-# flipped by fp16 rounding is reported as a difference, not hidden).
-# Quantized fp32 graphs ("fp32-quantized") are compared with a reference holding the same dequantized weights;
-# MatMulNBits sums each product block by block, in another order than the reference's matmul, and over a
-# deep model that drift outgrows 1e-4 (docs/architecture.md): 1e-3. Kept indices and tokens stay exact.
-TOLERANCES = {"fp32": (1e-4, 1e-4), "fp32-quantized": (1e-3, 1e-3), "fp16": (5e-2, 5e-2)}
-INDEX_OUTPUTS = ("kept_ivr", "kept_ssr")
 NEW_TOKENS = 16
 ONNX_RUNNER, TORCH_RUNNER = "onnxrt", "torch-reference"
 
@@ -107,7 +99,7 @@ class ParityReport:
     def to_dict(self) -> dict:
         first = self.first_failure
         return {"graphs": self.graphs, "model": self.model, "dtype": self.dtype, "plan": self.plan,
-                "tolerances": dict(zip(("atol", "rtol"), TOLERANCES[self.dtype])),
+                "tolerances": dict(zip(("atol", "rtol"), PARITY[self.dtype])),
                 "passed": self.passed, "first_difference": first.describe() if first else None,
                 "seconds": round(self.seconds, 3), "activation_max": self.activation_max,
                 "fp16_overflow_layers": self.fp16_overflow_layers,
@@ -367,7 +359,7 @@ def compare_prefill(manifest: Manifest, bb, plan, maker: RequestMaker, cases, dt
     from polygraphy.comparator import (Comparator, IndicesCompareFunc, IterationResult, RunResults,
                                        SimpleCompareFunc)
 
-    atol, rtol = TOLERANCES[dtype]
+    atol, rtol = PARITY[dtype]
     onnx_runner = OnnxrtRunner(session if session is not None else
                                SessionFromOnnx(str(manifest.path("prefill")), providers=["cpu"]), name=ONNX_RUNNER)
     feeds = [maker.prefill_feed(case) for case in cases]
@@ -428,7 +420,7 @@ def compare_generate(pipeline, bb, plan, maker: RequestMaker, cases, new_tokens:
         ref_tokens, ref_prefill = generate(bb, maker.reference_inputs(ids, visual, grid), plan, new_tokens,
                                            step_logits=ref_logits)
         out.append(token_comparison(case.label, ours.tokens, ref_tokens.numpy(),
-                                    np.stack([x.numpy() for x in ref_logits], axis=1), TOLERANCES[dtype][0]))
+                                    np.stack([x.numpy() for x in ref_logits], axis=1), PARITY[dtype][0]))
         pre = ours.prefill
         for name in INDEX_OUTPUTS:
             a, b = getattr(pre, name), getattr(ref_prefill, name)
@@ -481,7 +473,7 @@ def check_graphs(graphs_dir, model_path=None, random_init: bool = False, threads
 
     A checkpoint's reference is layer-streamed (backbones.checkpoint.stream_layers): one or two decoder
     layers in memory at a time, fp32 compute, so a 7B check needs about a layer of memory on this side.
-    A quantized folder's reference holds the folder's own dequantized linear weights (TOLERANCES's
+    A quantized folder's reference holds the folder's own dequantized linear weights (PARITY's
     "fp32-quantized" for fp32 graphs).
     """
     from .backbones.registry import get_entry, reference_backbone

@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import UserError
-from .profile import Profile, keep_count
+from .plan import LayerRows, PruningPlan, layer_rows
+from .profile import Profile
 
 FORMULAS = {
     "paper": "per layer with n tokens: 4 n d^2 + 2 n^2 d + 2 n d m (FastV-style; multiply-add = 1 FLOP)",
@@ -52,12 +53,6 @@ class DecoderDims:
                    heads, text_config.num_key_value_heads, head_dim)
 
 
-@dataclass(frozen=True)
-class LayerRows:
-    """Rows one layer computes: `query` rows are updated, `kv` rows are projected to keys/values."""
-
-    query: int
-    kv: int
 
 
 def layer_flops(dims: DecoderDims, rows: LayerRows, formula: str = "paper") -> int:
@@ -80,41 +75,19 @@ def prefill_flops(dims: DecoderDims, schedule: list[LayerRows], formula: str = "
 # -- schedules: rows per layer for a prompt of n_text text tokens and n_visual visual tokens ----------
 
 def unpruned_schedule(num_layers: int, n_text: int, n_visual: int) -> list[LayerRows]:
-    n = n_text + n_visual
-    return [LayerRows(n, n)] * num_layers
+    return layer_rows(None, num_layers, n_text, n_visual)
 
 
 def halfv_schedule(profile: Profile, n_text: int, n_visual: int) -> list[LayerRows]:
-    """N visual rows before the IVR layer, K after it; from the SSR layer K_ssr (topk) or K frozen.
-
-    layer:    0 .. ivr-1 | ivr .. ssr-1 | ssr .. L-1
-    query:    T + N      | T + K        | T + K_ssr (topk) or T (freeze)
-    kv:       T + N      | T + K        | T + K_ssr (topk) or T + K (freeze)
-    """
-    if n_visual == 0:
-        return unpruned_schedule(profile.num_layers, n_text, 0)
-    k = profile.ivr_count(n_visual)
-    out = []
-    for layer in range(profile.num_layers):
-        if layer < profile.ivr_layer:
-            out.append(LayerRows(n_text + n_visual, n_text + n_visual))
-        elif profile.ssr_mode == "none" or layer < profile.ssr_layer:
-            out.append(LayerRows(n_text + k, n_text + k))
-        elif profile.ssr_mode == "topk":
-            k_ssr = profile.ssr_count(n_visual)
-            out.append(LayerRows(n_text + k_ssr, n_text + k_ssr))
-        else:  # freeze
-            out.append(LayerRows(n_text, n_text + k))
-    return out
+    """N visual rows before the IVR layer, K after it; from the SSR layer K_ssr (topk) or K frozen."""
+    return layer_rows(PruningPlan.halfv(profile), profile.num_layers, n_text, n_visual)
 
 
 def fastv_schedule(num_layers: int, n_text: int, n_visual: int, keep: float, layer: int = 2) -> list[LayerRows]:
     """FastV: all rows up to `layer`, then floor(N * keep) visual rows to the end."""
     if not 1 <= layer < num_layers:
         raise UserError(f"FastV layer {layer} must be in [1, {num_layers - 1}]")
-    kept = keep_count(n_visual, keep) if n_visual else 0
-    return [LayerRows(n, n) for n in
-            [n_text + n_visual] * layer + [n_text + kept] * (num_layers - layer)]
+    return layer_rows(PruningPlan.fastv(keep, layer), num_layers, n_text, n_visual)
 
 
 def kv_cache_bytes(dims: DecoderDims, schedule: list[LayerRows], bytes_per_value: int = 4, batch: int = 1) -> int:

@@ -32,6 +32,10 @@ DATA_FILES = "data_files"  # weights shared by several graphs: one file, one has
 
 # The per-layer KV cache tensors of the graphs: prefill and decode output present.{i}.key/value, decode takes
 # the previous step's as past.{i}.key/value. Every module that feeds or reads them spells them here.
+# The graphs a folder can hold, in pipeline order; the decoder roles share decoder.onnx.data.
+ROLES = ("vision", "embed", "prefill", "decode")
+DECODER_ROLES = ROLES[1:]
+INDEX_OUTPUTS = ("kept_ivr", "kept_ssr")  # prefill outputs: the visual rows kept at IVR and at SSR
 CACHE_PARTS = ("key", "value")
 PRESENT_PREFIX = "present."
 PAST_PREFIX = "past."

@@ -9,6 +9,14 @@ from dataclasses import dataclass
 
 from .profile import Profile, keep_count
 
+
+@dataclass(frozen=True)
+class LayerRows:
+    """Rows one layer computes: `query` rows are updated, `kv` rows are projected to keys/values."""
+
+    query: int
+    kv: int
+
 COVERAGES = ("fps", "oneshot")
 SELECTORS = COVERAGES + ("fastv", "random", "oracle")
 
@@ -64,3 +72,27 @@ class PruningPlan:
 
     def ssr_count(self, n):
         return keep_count(n, self.ssr_keep)
+
+
+def layer_rows(plan: PruningPlan | None, num_layers: int, n_text: int, n_visual: int) -> list[LayerRows]:
+    """The per-layer schedule: rows each decoder layer computes for n_text text and n_visual visual tokens.
+
+    The one place the schedule is written; FLOPs (core/flops.py), the per-layer cache lengths (engine profiles,
+    the manifest) and the benchmarks read it. No plan, or no visual tokens: every layer takes every row.
+
+    layer:    0 .. p-1   | p .. ssr-1 | ssr .. L-1
+    query:    T + N      | T + K      | T + K_ssr (topk) or T (freeze)
+    kv:       T + N      | T + K      | T + K_ssr (topk) or T + K (freeze)
+    """
+    full = LayerRows(n_text + n_visual, n_text + n_visual)
+    if plan is None or n_visual == 0:
+        return [full] * num_layers
+    kept = LayerRows(n_text + plan.kept_count(n_visual), n_text + plan.kept_count(n_visual))
+    if plan.ssr_mode == "topk":
+        late = LayerRows(n_text + plan.ssr_count(n_visual), n_text + plan.ssr_count(n_visual))
+    elif plan.ssr_mode == "freeze":
+        late = LayerRows(n_text, kept.kv)
+    else:
+        late = kept
+    ssr = plan.ssr_layer if plan.ssr_mode != "none" and plan.ssr_layer is not None else num_layers
+    return [full if layer < plan.prune_layer else kept if layer < ssr else late for layer in range(num_layers)]

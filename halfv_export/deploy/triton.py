@@ -33,10 +33,9 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from ..core.fileio import atomic_dir
-from ..core.manifest import MANIFEST_NAME, Manifest
+from ..core.manifest import MANIFEST_NAME, ROLES, Manifest
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
-ROLES = ("vision", "embed", "prefill", "decode")
 VLM_MODEL = "halfv_vlm"
 MODELS_DIR = Path(__file__).parent / "triton_models"
 # halfv_export files the Python models import (everything else in the package needs torch)

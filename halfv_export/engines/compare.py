@@ -20,15 +20,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.errors import UserError
-from ..core.manifest import PAST_PREFIX, PRESENT_PREFIX, Manifest
+from ..core.manifest import INDEX_OUTPUTS, PAST_PREFIX, PRESENT_PREFIX, Manifest
+from ..core.tolerances import ENGINE
 from ..runtime.pipeline import make_session
 from . import profiles as prof
 
-TOLERANCES = {  # precision -> output kind -> (atol, rtol)
-    "fp32": {"logits": (1e-3, 1e-3), "present": (1e-3, 1e-3), "other": (1e-3, 1e-3)},
-    "fp16": {"logits": (5e-2, 5e-2), "present": (2e-2, 2e-2), "other": (2e-2, 2e-2)},
-}
-INDEX_OUTPUTS = ("kept_ivr", "kept_ssr")
 FP16_INDEX_AGREEMENT = 0.9
 
 
@@ -121,7 +117,7 @@ def compare_outputs(ref: dict, test: dict, precision: str) -> dict:
             needed = 1.0 if precision == "fp32" else FP16_INDEX_AGREEMENT
             entry.update(agreement=agreement, required=needed, passed=agreement >= needed)
         else:
-            atol, rtol = TOLERANCES[precision][_kind(name)]
+            atol, rtol = ENGINE[precision][_kind(name)]
             a, b = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
             diff = np.abs(a - b)
             entry.update(max_abs_diff=float(diff.max()) if diff.size else 0.0, atol=atol, rtol=rtol,
@@ -134,8 +130,8 @@ def compare_runners(reference, runner, feeds: list[dict], precision: str) -> dic
     """Run both Polygraphy runners with Comparator on `feeds` and compare every output."""
     from polygraphy.comparator import Comparator
 
-    if precision not in TOLERANCES:
-        raise UserError(f"precision must be one of {', '.join(TOLERANCES)}, got {precision!r}")
+    if precision not in ENGINE:
+        raise UserError(f"precision must be one of {', '.join(ENGINE)}, got {precision!r}")
     results = Comparator.run([reference, runner], data_loader=feeds)
     (_, ref_iters), (_, test_iters) = list(results.items())
     iterations = []

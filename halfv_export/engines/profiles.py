@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 from ..core.errors import UserError
 from ..core.families import family
-from ..core.profile import Profile, keep_count
+from ..core.manifest import DECODER_ROLES
+from ..core.plan import PruningPlan, layer_rows
+from ..core.profile import Profile
 
 PREFIX_MAX = 128  # system prompt + chat template before the image
 DEFAULT_MAX_TEXT = 512  # suffix (question + template) tokens
 DEFAULT_MAX_NEW_TOKENS = 256
-PROFILED_ROLES = ("embed", "prefill", "decode")  # graphs with a profile rule (vision: not yet)
 
 
 @dataclass(frozen=True)
@@ -79,19 +80,10 @@ class Schedule:
 
     def kv_lengths(self, text_len: int, n: int) -> list[int]:
         """Cache length of every layer after a prefill of text_len text and n visual tokens."""
-        if self.prune_layer is None or n == 0:
-            return [text_len + n] * self.num_layers
-        k = keep_count(n, self.keep)
-        k_ssr = keep_count(n, self.ssr_keep) if self.ssr_mode == "topk" else k
-        out = []
-        for layer in range(self.num_layers):
-            if layer < self.prune_layer:
-                out.append(text_len + n)
-            elif self.ssr_mode == "topk" and self.ssr_layer is not None and layer >= self.ssr_layer:
-                out.append(text_len + k_ssr)
-            else:
-                out.append(text_len + k)
-        return out
+        plan = None if self.prune_layer is None else PruningPlan(
+            self.prune_layer, self.keep, "oracle", ssr_layer=self.ssr_layer, ssr_mode=self.ssr_mode,
+            ssr_keep=self.ssr_keep)  # the selector does not change the row counts
+        return [rows.kv for rows in layer_rows(plan, self.num_layers, text_len, n)]
 
 
 @dataclass(frozen=True)
@@ -192,7 +184,7 @@ def engine_profiles(manifest: dict, ranges: Ranges) -> tuple[dict, dict]:
     """({role: {input: (min, opt, max)}}, {role: why it has no profile}) over the manifest's graphs."""
     profiles, skipped = {}, {}
     for role in manifest["graphs"]:
-        if role in PROFILED_ROLES:
+        if role in DECODER_ROLES:  # graphs with a profile rule (vision: not yet)
             profiles[role] = graph_profile(role, manifest, ranges)
         else:
             skipped[role] = "no optimization-profile rule for this graph yet"

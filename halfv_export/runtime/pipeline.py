@@ -27,12 +27,11 @@ import numpy as np
 import onnxruntime as ort
 
 from ..core.errors import UserError
-from ..core.manifest import Manifest, past_name, present_name
+from ..core.manifest import DECODER_ROLES, Manifest, past_name, present_name
 from ..core.profile import Profile
 from .positions import decode_positions, prompt_positions, visual_span
 from .weights import SharedWeights
 
-ROLES = ("embed", "prefill", "decode")
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
@@ -132,7 +131,7 @@ class OrtPipeline:
         self.shared = SharedWeights(self.manifest) if share_weights else None
         self.sessions = _Sessions(self._load)
         if not one_shot:
-            for role in ROLES:
+            for role in DECODER_ROLES:
                 self.sessions[role]
 
     # -- graph I/O -----------------------------------------------------------------------------------

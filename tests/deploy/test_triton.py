@@ -13,12 +13,11 @@ from halfv_export.cli import cli
 from halfv_export.deploy.serve import ask, triton_server
 from halfv_export.deploy.triton import VLM_MODEL, make_repository
 from halfv_export.core.errors import UserError
-from halfv_export.core.manifest import Manifest, sha256_file
+from halfv_export.core.manifest import ROLES, Manifest, sha256_file
 from halfv_export.runtime.vlm import VlmPipeline, as_image_array
 from tests.conftest import TINY, TINY_IMAGES
 from tests.runtime.exported import copy_graphs, exported_graphs, reseal
 
-ROLES = ("vision", "embed", "prefill", "decode")
 NUMPY_TO_TRITON = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 
 
@@ -141,6 +140,7 @@ def bls_server(tmp_path_factory):
         yield server
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("size", TINY_IMAGES["tiny-qwen2.5-vl"])
 def test_served_bls_repository_equals_local_pipeline(bls_server, size):
     rng = np.random.default_rng(sum(size))
@@ -155,6 +155,7 @@ def test_served_bls_repository_equals_local_pipeline(bls_server, size):
     assert kept["visual"] > kept["ivr"] > kept["ssr"]  # HalfV pruned inside the served prefill
 
 
+@pytest.mark.triton
 def test_graph_model_answers_directly(bls_server):
     """The embed model is servable on its own, with the manifest's I/O names."""
     import tritonclient.http as http

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from halfv_export.cli import cli
-from halfv_export.graphs.export import DECODER_DATA, ROLES, export_graphs
+from halfv_export.core.manifest import DECODER_ROLES, ROLES
+from halfv_export.graphs.export import DECODER_DATA, export_graphs
 from halfv_export.core.lint import lint_graphs
 from halfv_export.graphs.quantize import SUFFIX_SCALES, DequantizedWeights, Quantization, dequantize
 from halfv_export.core.manifest import DATA_FILES, Manifest
@@ -25,7 +26,6 @@ from tests.conftest import TINY_IMAGES, tiny_backbone
 from tests.runtime.exported import exported_graphs
 
 
-DECODER_ROLES = ("embed", "prefill", "decode")  # what check and the decoder pipeline read: no vision export
 
 
 def _export(name, folder, bits, fmt, block=32, roles=DECODER_ROLES):

@@ -29,7 +29,8 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from halfv_export.core.errors import UserError  # noqa: E402
 from halfv_export.core.manifest import Manifest  # noqa: E402
 from halfv_export.core.profile import Profile  # noqa: E402
-from halfv_export.runtime.pipeline import ROLES, OrtPipeline  # noqa: E402
+from halfv_export.core.manifest import DECODER_ROLES  # noqa: E402
+from halfv_export.runtime.pipeline import OrtPipeline  # noqa: E402
 from halfv_export.runtime.text import load_tokenizer  # noqa: E402
 from halfv_export.runtime.vlm import VlmPipeline, as_image_array  # noqa: E402
 
@@ -85,7 +86,7 @@ class BlsPipeline(OrtPipeline):
         self.position_rows = int(self.config["position_rows"])
         self.dtype = np.float16 if manifest.get("dtype") == "fp16" else np.float32
         self.one_shot = False
-        self.sessions = {role: BlsSession(models[role], manifest.graph(role)) for role in ROLES}
+        self.sessions = {role: BlsSession(models[role], manifest.graph(role)) for role in DECODER_ROLES}
         for role, session in self.sessions.items():
             self._check_io(role, session)
 
@@ -114,7 +115,7 @@ class TritonPythonModel:
         self.default_new_tokens = int(_parameter(config, "default_max_new_tokens", "32"))
         self.max_new_tokens = int(_parameter(config, "max_new_tokens_limit", "1024"))
         if self.mode == "bls":
-            models = json.loads(_parameter(config, "models", json.dumps({r: r for r in ("vision",) + ROLES})))
+            models = json.loads(_parameter(config, "models", json.dumps({r: r for r in ("vision",) + DECODER_ROLES})))
             self.pipeline = BlsVlm(graphs, models)
         else:
             threads = int(_parameter(config, "intra_op_threads", "0") or 0)
