@@ -10,7 +10,7 @@ Memory: the decoder graphs are traced without weights and each tensor is read fr
 checkpoint or an in-memory model), converted and written once (docs/architecture.md).
 Precision: fp16 exports the weights in half precision, so the precision lives in the ONNX
 (TensorRT 11 builds strongly typed networks only). The softmax and the selection scores stay in fp32
-as in the reference. Expected agreement with the fp32 reference is looser: see FP16_TOLERANCE.
+as in the reference. Expected agreement with the fp32 reference is looser: core/tolerances.py.
 Quantization (--weights int8|int4): the decoder's linear weights are quantized as they are written
 (graphs/quantize.py); the manifest's "quantization" records each one, so `check` can compare against a
 reference holding the same dequantized weights.
@@ -36,7 +36,7 @@ from ..backbones.checkpoint import ModelWeights, materialize, skeleton_model
 from ..core.errors import UserError
 from ..core.fileio import atomic_dir
 from ..core.limits import check_topk_bound, largest_within_topk
-from ..core.manifest import DATA_FILES, SCHEMA_VERSION, Manifest, sha256_file
+from ..core.manifest import DATA_FILES, DECODER_ROLES, ROLES, SCHEMA_VERSION, Manifest, sha256_file
 from ..core.plan import PruningPlan
 from ..core.profile import Profile
 from ..core.progress import step
@@ -53,11 +53,6 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 EXPORTABLE_SELECTORS = ("fps", "oneshot", "fastv", "oracle")  # "random" draws with Python ints: not traceable
 DECODER_DATA = "decoder.onnx.data"  # the embed, prefill and decode graphs' one copy of the decoder weights
 MAX_VISUAL_TOKENS = 16384
-# Max |logits| difference allowed between an fp16 graph and the fp32 reference (fp32 graphs: 1e-4).
-# Measured on tiny-qwen2.5-vl (logits of magnitude ~1): 5e-4. Kept indices may differ in fp16 when two
-# scores are closer than fp16 resolution, so fp16 parity checks compare logits, not indices.
-FP16_TOLERANCE = 1e-2
-ROLES = ("vision", "embed", "prefill", "decode")
 LIBRARIES = ("halfv-export", "torch", "transformers", "onnx", "onnxscript", "onnx-ir", "onnxruntime")
 
 
@@ -262,7 +257,7 @@ def export_graphs(bb: Backbone, model_name: str, out_dir, plan: PruningPlan | No
             graphs["vision"]["export_seconds"] = round(time.perf_counter() - start, 2)
             say(f"[export] vision.onnx: {graphs['vision']['export_seconds']:.1f} s")
         _copy_tokenizer(bb, weights, tmp)
-        decoder_roles = [role for role in ROLES[1:] if role in roles]
+        decoder_roles = [role for role in DECODER_ROLES if role in roles]
         if decoder_roles:
             total = sum(t.numel() * t.element_size() for k, t in traced.model.state_dict().items() if k in decoder)
             with step("export: decoder weights", total=total, unit="B", enabled=progress is not None) as advance:

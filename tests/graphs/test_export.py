@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from halfv_export.cli import cli
 from halfv_export.core.errors import UserError
 from halfv_export.graphs import export as export_module
-from halfv_export.graphs.export import FP16_TOLERANCE, export_graphs
+from halfv_export.core.tolerances import PARITY
+from halfv_export.graphs.export import export_graphs
 from halfv_export.core.manifest import Manifest
 from halfv_export.method import PruningPlan, decode_step_tensors, prefill, prefill_tensors
 from halfv_export.core.profile import PROFILES_DIR, shipped_profile
@@ -280,7 +281,7 @@ def test_cli_exports_fp16_at_opset_23_within_the_fp16_tolerance(tmp_path):
         got = run_prefill(out / "prefill.onnx", *request, dtype=np.float16)
         ref = reference(bb, plan, *request)  # the fp32 reference
         assert got["logits"].dtype == np.float16
-        assert np.abs(got["logits"].astype(np.float32) - ref.logits.numpy()).max() <= FP16_TOLERANCE
+        assert np.abs(got["logits"].astype(np.float32) - ref.logits.numpy()).max() <= PARITY["fp16"][0]
         assert got["kept_ivr"].shape == ref.kept_ivr.shape
 
 
