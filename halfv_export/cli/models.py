@@ -53,11 +53,11 @@ def models():
     try:
         from ..backbones.registry import models as registered
     except ModuleNotFoundError as exc:
-        missing = missing_extra(exc, command="the full table")
+        missing = missing_extra(exc, command="the full table (hidden sizes, weights, plugin models such as the zoo)")
         if missing is None:
             raise
         rows = profile_rows()
-        say(f"note: shipped profiles only; hidden sizes, weights and plugin models: {missing}")
+        say(f"note: shipped profiles only; {missing}")
     else:
         rows = registry_rows(registered().values())
     for line in table([HEADER, *rows]):
