@@ -67,7 +67,6 @@ def as_rgb(image) -> Image.Image:
     return load_image(image)
 
 
-
 def resize(image: Image.Image, height: int, width: int, cfg: dict) -> Image.Image:
     return image.resize((width, height), resample=RESAMPLE[cfg.get("resample", "bicubic")])
 

@@ -23,7 +23,6 @@ def clip_pixels(image, cfg: dict) -> dict[str, np.ndarray]:
     return {"pixel_values": clip_tile(as_rgb(image), cfg)[None]}
 
 
-
 def select_best_resolution(size: tuple[int, int], pinpoints) -> tuple[int, int]:
     """The pinpoint (height, width) that keeps most of the image and wastes least (transformers' rule)."""
     height, width = size
@@ -94,7 +93,6 @@ def llava_next_pack_index(image_sizes, pinpoints, tile: int, patch: int) -> np.n
     return np.concatenate([np.asarray(o, dtype=np.int64) for o in out])
 
 
-
 def _fit_inside(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int]:
     """Aspect-preserving size that fills the target on its tighter side (ceil, clamped)."""
     scale_w, scale_h = target_w / width, target_h / height
@@ -119,7 +117,6 @@ def llava_next_pixels(image, cfg: dict) -> dict[str, np.ndarray]:
               for y in range(0, target_h, tile) for x in range(0, target_w, tile)]
     return {"pixel_values": np.stack([clip_tile(t, cfg) for t in tiles]),
             "image_sizes": np.array([[image.height, image.width]], dtype=np.int64)}
-
 
 
 def clip_token_count(cfg: dict) -> int:

@@ -72,7 +72,6 @@ def qwen_pixels(image, cfg: dict) -> dict[str, np.ndarray]:
             "image_grid_thw": np.array([[1, gh, gw]], dtype=np.int64)}
 
 
-
 def _grid(grid_thw) -> np.ndarray:
     grid = np.asarray(grid_thw, dtype=np.int64).reshape(-1, 3)
     if (grid <= 0).any():
@@ -166,7 +165,6 @@ def qwen_vision_inputs(grid_thw, merge_size: int, window_size: int, patch_size: 
 def qwen_token_count(grid_thw, merge_size: int) -> int:
     grid = _grid(grid_thw)
     return int((grid[:, 0] * grid[:, 1] * grid[:, 2]).sum()) // (merge_size * merge_size)
-
 
 
 def vision_request(per_image: list[dict], cfg: dict) -> VisionRequest:
