@@ -10,9 +10,9 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
 from halfv_export.backbones.registry import llava_next_7b_config, qwen7b_config, tiny_qwen_config
-from halfv_export.runtime.vision_inputs import (MASK_VALUE, llava_next_pack_index, llava_next_tile_count,
-                                                qwen_rotary_position_ids, qwen_vision_inputs, qwen_window_index,
-                                                qwen_window_len, select_best_resolution)
+from halfv_export.core.families.llava import llava_next_pack_index, llava_next_tile_count, select_best_resolution
+from halfv_export.core.families.qwen2_5_vl import (MASK_VALUE, qwen_rotary_position_ids, qwen_vision_inputs,
+                                                   qwen_window_index, qwen_window_len)
 
 # token grids (in patches) chosen so some are multiples of the window and most are not;
 # the last ones hold two images, and a two-frame clip (t = 2)
