@@ -39,8 +39,7 @@ BACKENDS = ("onnxruntime", "tensorrt", "python")
 VLM_MODEL = "halfv_vlm"
 MODELS_DIR = Path(__file__).parent / "triton_models"
 # halfv_export files the Python models import (everything else in the package needs torch)
-RUNTIME_FILES = ("__init__.py", "errors.py", "fileio.py", "manifest.py", "profile.py")
-RUNTIME_PACKAGES = ("runtime",)
+RUNTIME_PACKAGES = ("core", "runtime")  # the torch-free layers the halfv_vlm stub imports
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64",
           "int32": "TYPE_INT32", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
@@ -163,12 +162,12 @@ def copy_runtime(dest: Path) -> None:
     package = Path(__file__).resolve().parent.parent
     out = dest / "halfv_export"
     out.mkdir(parents=True)
-    for name in RUNTIME_FILES:
-        shutil.copy2(package / name, out / name)
+    shutil.copy2(package / "__init__.py", out / "__init__.py")
     for sub in RUNTIME_PACKAGES:
-        (out / sub).mkdir()
-        for file in sorted((package / sub).glob("*.py")):
-            shutil.copy2(file, out / sub / file.name)
+        for file in sorted((package / sub).rglob("*.py")):
+            target = out / file.relative_to(package)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, target)
 
 
 def trt_roles(manifest: Manifest, engines_dir) -> tuple[tuple[str, ...], dict]:
