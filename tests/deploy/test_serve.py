@@ -20,6 +20,8 @@ from halfv_export.runtime.vlm import VlmPipeline, as_image_array
 from tests.conftest import TINY_IMAGES
 from tests.runtime.exported import exported_graphs
 
+pytestmark = pytest.mark.triton
+
 MODEL = "tiny-qwen2.5-vl"
 MAX_PIXELS = 40_000  # above both tiny sizes (112x168 = 18,816), below the refused 256x256
 THREADS, PER_THREAD = 8, 4

@@ -7,6 +7,8 @@ import pytest
 
 from halfv_zoo import data
 
+pytestmark = pytest.mark.zoo
+
 SIDE = 168
 
 

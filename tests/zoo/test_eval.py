@@ -11,6 +11,8 @@ from halfv_export.cli import cli
 from halfv_export.backbones import get_entry
 from halfv_zoo.eval import budget_profile, make_plan
 
+pytestmark = pytest.mark.zoo
+
 NAME = "shapes-llava"
 
 

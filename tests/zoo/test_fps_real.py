@@ -15,6 +15,8 @@ from halfv_export.core.plan import PruningPlan
 from halfv_export.method.selection import COVERAGE_TIE, anchor_relevance, fps_coverage, normalized_features
 from halfv_zoo.eval import eval_questions, prepare_questions
 
+pytestmark = pytest.mark.zoo
+
 QUESTIONS = 24
 ZOO = ("shapes-llava", "shapes-qwen2.5-vl")
 

@@ -15,6 +15,8 @@ from halfv_export.graphs.export import export_graphs
 from halfv_export.core.plan import PruningPlan
 from halfv_zoo.eval import evaluate_graphs
 
+pytestmark = pytest.mark.zoo
+
 
 @pytest.mark.parametrize("name,ssr_mode", [("shapes-llava", None), ("shapes-qwen2.5-vl", None),
                                            ("shapes-qwen2.5-vl", "topk")])

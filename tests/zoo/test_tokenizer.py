@@ -8,6 +8,8 @@ from halfv_export.runtime.text import load_tokenizer, prompt_ids
 from halfv_zoo import data, tokenizer
 from halfv_zoo.models import weights_dir
 
+pytestmark = pytest.mark.zoo
+
 
 def test_every_question_and_answer_is_in_the_vocabulary():
     words = tokenizer.load()

@@ -15,6 +15,8 @@ from halfv_zoo.models import image_side
 from halfv_zoo.train import (IGNORE, TrainSettings, build_model, encode, processor_for, save, train,
                                      training_sample)
 
+pytestmark = pytest.mark.zoo
+
 NAME = "shapes-llava"  # the cheaper of the two; both share encode/collate/train
 TINY = TrainSettings(examples=4, batch_size=2, epochs=1, warmup_steps=1)
 

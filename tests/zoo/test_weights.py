@@ -16,6 +16,8 @@ from halfv_zoo.card import SUBSET
 from halfv_zoo.eval import accuracy, eval_questions, reference_answers
 from halfv_zoo.models import weights_dir
 
+pytestmark = pytest.mark.zoo
+
 ZOO = ["shapes-qwen2.5-vl", "shapes-llava"]
 
 
