@@ -42,3 +42,16 @@ def tiny(tiny_name):
 @pytest.fixture
 def tiny_profile(tiny_name):
     return shipped_profile(tiny_name)
+
+
+# The fast loop (`-m "not slow"`) keeps each layer covered on one shared export, tiny-qwen2.5-vl's (a tiny
+# export costs about 100 s on 2 cores). A parametrized test marks the cases it leaves to the full suite with
+# `@pytest.mark.slow_cases("tiny-llava", ...)`: every case whose id contains one of the strings is `slow`
+# ("tiny-llava" covers "tiny-llava-next" too).
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        for mark in item.iter_markers("slow_cases"):
+            if callspec is not None and any(word in callspec.id for word in mark.args):
+                item.add_marker(pytest.mark.slow)

@@ -29,6 +29,7 @@ def bench_run(tmp_path_factory):
     return out, result.output
 
 
+@pytest.mark.slow
 def test_bench_writes_json_and_png(bench_run):
     out, output = bench_run
     data = json.loads((out / "bench.json").read_text())
@@ -74,6 +75,7 @@ def test_bench_writes_json_and_png(bench_run):
     assert all(p["kernel_ms"] > 0 and p["by_op_ms"] for p in prof.values())
 
 
+@pytest.mark.slow
 def test_measured_kv_bytes_match_the_flops_model(bench_run):
     out, _ = bench_run
     data = json.loads((out / "bench.json").read_text())

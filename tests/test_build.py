@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from halfv_export.cli import cli
 
 
+@pytest.mark.slow
 def test_build_tiny_model_end_to_end(tmp_path):
     result = CliRunner().invoke(cli, ["build", "--model", "tiny-llava", "--out-root", str(tmp_path),
                                       "--bench-tokens", "32"])
@@ -31,6 +33,7 @@ def test_build_unknown_model_is_one_line(tmp_path):
     assert result.stderr.startswith("error: unknown model 'gpt-vision'") and result.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_build_calibrates_when_no_shipped_profile_fits(tmp_path):
     """A 4-layer checkpoint of the tiny LLaVA architecture: the shipped 6-layer profile is refused, so build calibrates."""
     from halfv_export.backbones.registry import build_random, get_entry

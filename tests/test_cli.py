@@ -148,6 +148,7 @@ def test_help_and_models_without_torch():
     assert lines[-1] == "imported: []"
 
 
+@pytest.mark.slow
 def test_run_without_torch(tmp_path):
     from halfv_export.calibration.data import synthetic_image
     from tests.runtime.exported import exported_graphs

@@ -33,6 +33,7 @@ def load_junit(path):
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow_cases("tiny-llava")
 def test_check_passes_on_exported_graphs(name, tmp_path):
     result, report_path, junit_path = run_check(exported_graphs(name), tmp_path)
     assert result.exit_code == 0, result.output
@@ -118,6 +119,7 @@ def test_manifest_of_unknown_or_other_model_is_refused(tmp_path, edit, message):
     assert message in result.output and not report_path.exists()
 
 
+@pytest.mark.slow
 def test_graph_of_another_model_is_refused(tmp_path):
     """tiny-llava's folder with tiny-qwen2.5-vl's prefill.onnx (resealed): same sizes, but M-RoPE positions."""
     folder = copy_graphs("tiny-llava", tmp_path)
@@ -128,6 +130,7 @@ def test_graph_of_another_model_is_refused(tmp_path):
     assert "position_ids rank 3 differs from tiny-llava's 2: graph from another model" in result.output
 
 
+@pytest.mark.slow
 def test_check_trt_backend_without_tensorrt_is_one_line(tmp_path):
     from halfv_export.engines.builder import tensorrt_available
 

@@ -30,6 +30,7 @@ def test_kl_is_zero_on_itself_and_positive_elsewhere():
     assert bool((kl_divergence(logits, other) > 0).all())
 
 
+@pytest.mark.slow_cases("tiny-llava")
 def test_probe_on_a_tiny_model(tiny, tiny_name):
     batch = tiny.example_batch(2, TINY_IMAGES[tiny_name][0], text_before=5, text_after=7)
     inputs = tiny.prepare(batch)

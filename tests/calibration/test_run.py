@@ -50,6 +50,7 @@ def pinned_stages(monkeypatch):
 
 
 @pytest.mark.usefixtures("pinned_stages")
+@pytest.mark.slow
 def test_probe_drives_the_mode_and_topk_gets_an_ssr_keep():
     # Pinned stages (1, 2): the probe measures layers 2..4. Random tiny weights otherwise put the TME
     # trough at the last layer, where there is nothing to probe.
@@ -105,6 +106,7 @@ def cli_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow
 def test_cli_writes_a_valid_profile_and_plot(cli_runs, name):
     path, result = cli_runs[name]
     assert result.exit_code == 0, result.output

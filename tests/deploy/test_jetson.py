@@ -48,6 +48,7 @@ def graphs(request):
 
 
 @pytest.mark.parametrize("target", list(JETSON_TARGETS))
+@pytest.mark.slow_cases("tiny-llava")
 def test_bundle_commands_match_manifest_and_graphs(graphs, target, tmp_path):
     out = tmp_path / "bundle"
     record = make_bundle(graphs, target, out, **OPTIONS)
@@ -120,6 +121,7 @@ def test_bundle_refused_when_lint_fails(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_bundle(tmp_path):
     out = tmp_path / "thor"
     result = CliRunner().invoke(cli, ["bundle", "--graphs", str(exported("tiny-llava")), "--target", "jetson-thor",

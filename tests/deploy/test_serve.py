@@ -134,6 +134,7 @@ def test_start_failures_are_clear_errors(tmp_path):
                 pass
 
 
+@pytest.mark.slow
 def test_serve_command_stops_on_sigterm():
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")

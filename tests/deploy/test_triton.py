@@ -37,6 +37,7 @@ def assert_matches(config: mc.ModelConfig, entry: dict) -> None:
 
 @pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt", "python"])
+@pytest.mark.slow_cases("tiny-llava")
 def test_configs_parse_and_match_manifest(name, backend, tmp_path):
     graphs = exported_graphs(name)
     manifest = Manifest.load(graphs)

@@ -29,6 +29,7 @@ def test_engine_without_tensorrt_is_one_line_exit_2(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_engine_refuses_bad_input_before_tensorrt(tmp_path):
     result = CliRunner().invoke(cli, ["engine", "--graphs", str(exported("tiny-llava")), "--max-pixels", "100000",
                                       "--out", str(tmp_path / "e")])

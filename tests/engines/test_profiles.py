@@ -48,6 +48,7 @@ def graphs(request):
     return Manifest.load(exported(request.param))
 
 
+@pytest.mark.slow_cases("tiny-llava")
 def test_schedule_matches_exported_present_shapes(graphs):
     """Run prefill.onnx at one size: each layer's present length is the schedule's."""
     ranges = prof.make_ranges(graphs, max_text=16, max_new_tokens=4)
@@ -61,6 +62,7 @@ def test_schedule_matches_exported_present_shapes(graphs):
         prof.Schedule.from_manifest(graphs).kv_lengths(text, n)
 
 
+@pytest.mark.slow_cases("tiny-llava")
 def test_profiles_cover_every_input_in_order(graphs):
     ranges = prof.make_ranges(graphs, max_text=64, max_new_tokens=32, max_batch=2)
     profiles, skipped = prof.engine_profiles(graphs, ranges)
@@ -90,6 +92,7 @@ def test_profiles_cover_every_input_in_order(graphs):
         assert profiles["decode"][f"past.{i}.key"][0][2] == 0
 
 
+@pytest.mark.slow_cases("tiny-llava")
 def test_parity_feeds_fit_the_profiles(graphs):
     ranges = prof.make_ranges(graphs, max_text=16, max_new_tokens=4, max_batch=2)
     profiles, _ = prof.engine_profiles(graphs, ranges)
@@ -114,6 +117,7 @@ def test_qwen_pixel_range():
         prof.visual_range(manifest, min_pixels=10_000, max_pixels=9_000)
 
 
+@pytest.mark.slow
 def test_pixels_refused_for_llava():
     manifest = Manifest.load(exported("tiny-llava"))
     with pytest.raises(UserError, match="apply to Qwen2.5-VL only"):

@@ -111,6 +111,7 @@ def all_nodes(graph):
 # -- prefill -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("coverage", COVERAGES)
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow_cases("tiny-llava", "oneshot")
 def test_prefill_equals_reference_at_two_visual_counts(name, coverage):
     bb, plan = tiny_backbone(name), plan_for(name, coverage)
     path = exported(name, coverage).path("prefill")
@@ -129,6 +130,7 @@ def test_prefill_equals_reference_at_two_visual_counts(name, coverage):
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow_cases("tiny-llava")
 def test_prefill_equals_reference_on_prepared_requests(name):
     """Real vision features and the model's own positions (Qwen: M-RoPE from get_rope_index)."""
     bb, plan = tiny_backbone(name), plan_for(name, "fps")
@@ -140,6 +142,7 @@ def test_prefill_equals_reference_on_prepared_requests(name):
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow  # an unpruned export of its own per family
 def test_unpruned_graph_equals_transformers(name):
     bb = tiny_backbone(name)
     path = exported(name, None).path("prefill")
@@ -156,6 +159,7 @@ def test_unpruned_graph_equals_transformers(name):
 
 # -- decode / embed --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow_cases("tiny-llava")
 def test_decode_over_the_ragged_cache_equals_reference(name):
     bb, plan = tiny_backbone(name), plan_for(name, "fps")
     request, inputs = real_request(bb, name, 0)
@@ -185,6 +189,7 @@ def test_decode_over_the_ragged_cache_equals_reference(name):
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow_cases("tiny-llava")
 def test_embed_graph_equals_embedding_table(name):
     bb = tiny_backbone(name)
     ids = torch.randint(0, bb.text_config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
@@ -196,6 +201,7 @@ def test_embed_graph_equals_embedding_table(name):
 # -- graph contents and manifest -------------------------------------------------------------------------
 @pytest.mark.parametrize("coverage", COVERAGES)
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow_cases("tiny-llava", "oneshot")
 def test_graph_prunes_with_shape_derived_k_and_named_nodes(name, coverage):
     path = exported(name, coverage).path("prefill")
     # the structure only (export itself ran onnx.checker's full check on the file): the shared session
@@ -224,6 +230,7 @@ def test_graph_prunes_with_shape_derived_k_and_named_nodes(name, coverage):
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow  # an unpruned export of its own per family
 def test_unpruned_graph_has_no_pruning_nodes(name):
     nodes = list(all_nodes(onnx.load(str(exported(name, None).path("prefill"))).graph))
     assert not any(n.name.startswith("/halfv/") for n in nodes)
@@ -231,6 +238,7 @@ def test_unpruned_graph_has_no_pruning_nodes(name):
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow_cases("tiny-llava")
 def test_manifest_describes_the_folder(name):
     written = exported(name, "fps")
     manifest = Manifest.load(written.folder)  # verifies every sha256
@@ -263,6 +271,7 @@ def test_manifest_describes_the_folder(name):
 
 
 # -- fp16 / opset 23 through the CLI -------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_exports_fp16_at_opset_23_within_the_fp16_tolerance(tmp_path):
     name = "tiny-qwen2.5-vl"
     out = tmp_path / "graphs"

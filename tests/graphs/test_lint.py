@@ -329,6 +329,7 @@ def test_lint_graphs_reads_every_graph(tmp_path):
 # -- the graphs our exporter writes -----------------------------------------------------------------
 @pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.slow_cases("tiny-llava")
 def test_exported_graphs_pass(name, target):
     report = lint_graphs(exported_graphs(name), target)
     assert report.ok, "\n".join(f.line() for f in report.errors)

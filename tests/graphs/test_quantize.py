@@ -65,6 +65,7 @@ def test_both_forms_hold_the_same_rounded_weights(bits, block):
     pytest.param("tiny-llava", 8, "nbits", marks=pytest.mark.slow),
     pytest.param("tiny-qwen2.5-vl", 8, "qdq", marks=pytest.mark.slow),
     pytest.param("tiny-llava", 4, "qdq", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_quantized_graphs_pass_check_against_the_dequantized_reference(name, bits, fmt, tmp_path, int4_qwen):
     folder = int4_qwen if (name, bits, fmt) == ("tiny-qwen2.5-vl", 4, "nbits") else _export(name, tmp_path, bits, fmt)
     manifest = Manifest.load(folder)
@@ -84,6 +85,7 @@ def test_quantized_graphs_pass_check_against_the_dequantized_reference(name, bit
 
 
 
+@pytest.mark.slow
 def test_the_reference_really_uses_the_dequantized_weights(tmp_path, int4_qwen):
     """Against the float reference the int4 graphs differ: check's tight agreement comes from the
     dequantized weights, not from a loose tolerance."""
@@ -100,6 +102,7 @@ def test_the_reference_really_uses_the_dequantized_weights(tmp_path, int4_qwen):
     assert not check_graphs(folder).passed
 
 
+@pytest.mark.slow
 def test_quantized_graphs_answer_through_run(tmp_path, int4_qwen):
     name, folder = "tiny-qwen2.5-vl", int4_qwen
     from PIL import Image
@@ -156,6 +159,7 @@ def test_export_cli_quantizes_and_refuses_a_quantized_checkpoint(tmp_path):
     shutil.rmtree(checkpoint)
 
 
+@pytest.mark.slow
 def test_short_check_for_full_size_models(tmp_path, int4_qwen):
     """--max-batch 1 --new-tokens 2: what scripts/full-scale.sh runs at 7B, on the tiny model."""
     report_path = tmp_path / "report.json"
@@ -169,6 +173,7 @@ def test_short_check_for_full_size_models(tmp_path, int4_qwen):
     assert len(visual) == 2  # two visual-token counts
 
 
+@pytest.mark.slow
 def test_one_shot_run_answers_like_the_resident_pipeline(tmp_path, int4_qwen):
     from PIL import Image
 

@@ -86,17 +86,20 @@ def _assert_matches(name, exported, image, batch_size=1, seed=0):
 
 # 112x168: llm grid 4x6, a multiple of the tiny 2x2-token window; 140x196: 5x7, padded windows
 @pytest.mark.parametrize("image", [(112, 168), (140, 196)])
+@pytest.mark.slow
 def test_qwen_matches_transformers(exported, image):
     out = _assert_matches("tiny-qwen2.5-vl", exported, image)
     assert out.shape == ((image[0] // 28) * (image[1] // 28), 128)
 
 
+@pytest.mark.slow
 def test_qwen_two_images_attend_separately(exported):
     # full-attention blocks must not mix the two images: one call equals transformers' batch
     _assert_matches("tiny-qwen2.5-vl", exported, (84, 140), batch_size=2, seed=3)
 
 
 @pytest.mark.parametrize("image", [(112, 168), (168, 224)])
+@pytest.mark.slow
 def test_qwen_7b_window_geometry_matches_transformers(exported, image):
     # window 112 px = 4x4 merged tokens (64 patches); 4x6 and 6x8 token grids both need padded windows
     bb, entry, _, _ = exported("qwen-window-112")

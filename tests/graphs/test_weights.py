@@ -66,6 +66,7 @@ def _distinct_bytes(model, keys):
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow_cases("tiny-llava")
 def test_decoder_graphs_point_into_one_data_file_holding_each_weight_once(name):
     folder = exported_graphs(name)
     manifest = Manifest.load(folder)
@@ -113,6 +114,7 @@ def test_pipeline_sessions_share_one_copy_and_answer_as_per_session_copies():
     np.testing.assert_allclose(a.prefill.logits, b.prefill.logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_manifest_tensor_that_does_not_fit_its_file_is_refused(tmp_path):
     import shutil
 

@@ -37,6 +37,7 @@ def request(bb, name, image_index, batch=2, seed=3):
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow_cases("tiny-llava")
 def test_generate_equals_reference_over_ragged_cache(name):
     bb, profile = tiny_backbone(name), shipped_profile(name)
     plan = PruningPlan.halfv(profile)
@@ -71,6 +72,7 @@ def test_generate_equals_reference_over_ragged_cache(name):
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow_cases("tiny-llava")
 def test_text_only_prompt_runs_through_the_decode_graph(name):
     bb = tiny_backbone(name)
     mm = bb.example_batch(2, None, text_before=6, text_after=5, seed=4)
@@ -113,6 +115,7 @@ def test_bad_requests_are_user_errors():
         pipe.generate(two, np.concatenate([visual, visual]), np.concatenate([grid, grid]))
 
 
+@pytest.mark.slow
 def test_modified_graph_is_refused_by_sha256(tmp_path):
     folder = copy_graphs("tiny-llava", tmp_path)
     data = bytearray((folder / "decode.onnx").read_bytes())
@@ -138,6 +141,7 @@ print(json.dumps({"tokens": out.tokens.tolist(),
 """
 
 
+@pytest.mark.slow
 def test_runtime_imports_no_torch():
     """Load and run the pipeline in a fresh interpreter, then look at what it imported."""
     folder = exported_graphs("tiny-llava")

@@ -20,6 +20,7 @@ PROMPT = "What colour is the largest shape?"
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow_cases("tiny-llava")
 def test_image_to_tokens_equals_reference(name, tmp_path):
     image = synthetic_image(5)
     path = tmp_path / "image.png"
@@ -34,6 +35,7 @@ def test_image_to_tokens_equals_reference(name, tmp_path):
     assert answer.stats["kv_lengths"] == result.kv_lengths
 
 
+@pytest.mark.slow
 def test_run_command_prints_answer_and_stats(tmp_path):
     path = tmp_path / "image.png"
     synthetic_image(1).save(path)
@@ -45,6 +47,7 @@ def test_run_command_prints_answer_and_stats(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [(b"", "empty"), (b"not an image", "")])
+@pytest.mark.slow
 def test_run_refuses_bad_images(tmp_path, content, message):
     path = tmp_path / "bad.png"
     path.write_bytes(content)
@@ -55,6 +58,7 @@ def test_run_refuses_bad_images(tmp_path, content, message):
     assert message in result.stderr
 
 
+@pytest.mark.slow
 def test_run_refuses_an_image_above_the_pixel_limit(tmp_path):
     from PIL import Image
 

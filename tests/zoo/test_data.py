@@ -82,6 +82,7 @@ def test_answers_are_right_by_construction(split):
         assert_answer_read_off_pixels(s, s.question)
 
 
+@pytest.mark.slow
 def test_follow_up_questions_are_right_and_not_given_away_by_earlier_turns():
     """Follow-ups (training-only later turns) are deterministic, right by the pixels, never repeat a
     question, and never ask for a colour or shape that earlier turns already say in words."""

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.zoo
 
 @pytest.mark.parametrize("name,ssr_mode", [("shapes-llava", None), ("shapes-qwen2.5-vl", None),
                                            ("shapes-qwen2.5-vl", "topk")])
+@pytest.mark.slow
 def test_graphs_answer_like_the_reference(name, ssr_mode, tmp_path):
     bb = load_backbone(name)
     profile = get_entry(name).shipped_profile()
