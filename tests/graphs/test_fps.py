@@ -13,7 +13,7 @@ import torch
 from halfv_export.graphs.export import check_graph
 from halfv_export.graphs.fps import translation_table
 from halfv_export.method.selection import fps_coverage
-from tests.method.test_fps_real import ZOO, numpy_fps, real_fps_inputs
+from tests.zoo.test_fps_real import ZOO, numpy_fps, real_fps_inputs
 
 
 DIM = 8  # the feature width is a static dim of the exported graph
@@ -127,6 +127,7 @@ def test_loop_carries_state_only_and_no_nonzero(session):
 
 
 @pytest.mark.slow
+@pytest.mark.zoo
 @pytest.mark.parametrize("name", ZOO)
 def test_translation_equals_float64_fps_on_real_features(name, tmp_path):
     """The trained models' IVR features on test questions: ONNX Runtime keeps what float64 numpy fps keeps."""
