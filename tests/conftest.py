@@ -7,8 +7,14 @@ transformers is imported inside the function that uses it.
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
+
+# Before torch loads OpenMP: its idle threads sleep instead of spinning. On 2 shared cores, spinning threads of
+# two busy processes (another pytest, a build) made the tiny models' generation 10-20x slower (7-10 s instead of
+# 0.5 s per test); passive waiting keeps a loaded machine's fast loop near the quiet one. Subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from halfv_export.core.profile import shipped_profile
 
