@@ -1,4 +1,5 @@
-"""Tiny graphs exported once per test session (5-10 s each), shared by the runtime and parity tests.
+"""Tiny graphs exported once per test session (about 100 s each on 2 cores, nearly all of it in
+torch.onnx.export), shared by the runtime and parity tests.
 
 Tests that damage a folder work on a copy (`copy_graphs`), never on the shared export.
 """
