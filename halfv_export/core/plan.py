@@ -10,15 +10,16 @@ from dataclasses import dataclass
 from .profile import Profile, keep_count
 
 
+COVERAGES = ("fps", "oneshot")
+SELECTORS = COVERAGES + ("fastv", "random", "oracle")
+
+
 @dataclass(frozen=True)
 class LayerRows:
     """Rows one layer computes: `query` rows are updated, `kv` rows are projected to keys/values."""
 
     query: int
     kv: int
-
-COVERAGES = ("fps", "oneshot")
-SELECTORS = COVERAGES + ("fastv", "random", "oracle")
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,8 @@ class PruningPlan:
 def layer_rows(plan: PruningPlan | None, num_layers: int, n_text: int, n_visual: int) -> list[LayerRows]:
     """The per-layer schedule: rows each decoder layer computes for n_text text and n_visual visual tokens.
 
-    The one place the schedule is written; FLOPs (core/flops.py), the per-layer cache lengths (engine profiles,
-    the manifest) and the benchmarks read it. No plan, or no visual tokens: every layer takes every row.
+    The one place the schedule is written: FLOPs (core/flops.py, which bench and the zoo's eval report) and the
+    engine profiles' per-layer cache lengths read it. No plan, or no visual tokens: every layer takes every row.
 
     layer:    0 .. p-1   | p .. ssr-1 | ssr .. L-1
     query:    T + N      | T + K      | T + K_ssr (topk) or T (freeze)
