@@ -30,6 +30,9 @@ import numpy as np
 import torch
 
 from ..core.errors import UserError
+from ..core.families.qwen2_5_vl import MIN_PIXELS as QWEN_MIN_PIXELS
+from ..core.families.qwen2_5_vl import RELEASE_MAX_PIXELS as QWEN_MAX_PIXELS
+from ..core.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 # dtype name -> (torch dtype, safetensors dtype tag)
 DTYPES = {"bf16": (torch.bfloat16, "BF16"), "fp16": (torch.float16, "F16"), "fp32": (torch.float32, "F32")}
@@ -39,10 +42,6 @@ DEFAULT_INIT_STD = 0.02
 
 # The released image processors' settings (Qwen2.5-VL-*-Instruct, llava-hf/llava-1.5-7b-hf,
 # llava-hf/llava-v1.6-mistral-7b-hf); the sizes that depend on the architecture come from the config.
-OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-QWEN_MIN_PIXELS = 3136  # 56 * 56
-QWEN_MAX_PIXELS = 12845056  # 28 * 28 * 16384
 _COMMON_PROCESSOR = {"do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
                      "image_mean": OPENAI_CLIP_MEAN, "image_std": OPENAI_CLIP_STD, "resample": 3,
                      "rescale_factor": 1 / 255}

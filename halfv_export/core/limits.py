@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .errors import UserError
+from .families import FAMILIES
 from .profile import Profile
 
 # TensorRT's ITopKLayer takes K up to 3840 (onnx-tensorrt docs/operators.md writes "less than 3840";
@@ -57,7 +58,9 @@ def check_topk_bound(profile: Profile | None, max_visual_tokens: int) -> dict:
     if k <= TOPK_MAX_K:
         return sizes
     limit = largest_within_topk(lambda n: max(halfv_topk_sizes(profile, n).values()), max_visual_tokens)
-    hint = f" (Qwen2.5-VL: max pixels <= {limit * 28 * 28})" if profile.backbone == "qwen2_5_vl" else ""
+    spec = FAMILIES.get(profile.backbone)
+    per_token = spec.pixels_per_token if spec is not None else None
+    hint = f" ({spec.title}: max pixels <= {limit * per_token})" if per_token else ""
     where = {"ivr_keep": f"the IVR step (keep {profile.ivr_keep})", "ivr_anchors": "the IVR anchors",
              "ssr_keep": f"the SSR step (keep {profile.ssr_keep})"}[stage]
     raise UserError(

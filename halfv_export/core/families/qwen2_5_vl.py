@@ -35,6 +35,7 @@ KEY = "qwen2_5_vl"
 PATCH, MERGE = 14, 2
 PIXELS_PER_TOKEN = (PATCH * MERGE) ** 2
 MIN_PIXELS, MAX_PIXELS = 4 * PIXELS_PER_TOKEN, 1280 * PIXELS_PER_TOKEN
+RELEASE_MAX_PIXELS = 16384 * PIXELS_PER_TOKEN  # the released checkpoints' preprocessor_config.json
 # Additive key bias for padded slots: finite so a softmax never sees (-inf) - (-inf).
 MASK_VALUE = float(np.finfo(np.float32).min)
 
