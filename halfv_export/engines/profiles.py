@@ -55,35 +55,24 @@ class Schedule:
     """Where the visual tokens shrink across the layers (the manifest's plan, else its profile)."""
 
     num_layers: int
-    prune_layer: int | None = None  # None: no pruning (--no-prune graphs)
-    keep: float | None = None
-    ssr_layer: int | None = None
-    ssr_mode: str = "none"
-    ssr_keep: float | None = None
+    plan: PruningPlan | None = None  # None: no pruning (--no-prune graphs)
 
     @classmethod
     def from_profile(cls, profile: Profile | None, num_layers: int) -> "Schedule":
-        if profile is None:
-            return cls(num_layers)
-        return cls(num_layers, profile.ivr_layer, profile.ivr_keep, profile.ssr_layer, profile.ssr_mode,
-                   profile.ssr_keep)
+        return cls(num_layers, PruningPlan.halfv(profile) if profile is not None else None)
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Schedule":
         layers = manifest["config"]["num_layers"]
         plan = manifest.get("plan")
-        if plan:  # FastV/oracle plans carry their own layer and keep ratio
-            return cls(layers, plan["prune_layer"], plan["keep"], plan.get("ssr_layer"),
-                       plan.get("ssr_mode") or "none", plan.get("ssr_keep"))
+        if plan:  # FastV/oracle plans carry their own layer and keep ratio (the manifest holds asdict(plan))
+            return cls(layers, PruningPlan(**plan))
         profile = manifest.get("profile")
         return cls.from_profile(Profile.from_dict(profile) if profile else None, layers)
 
     def kv_lengths(self, text_len: int, n: int) -> list[int]:
         """Cache length of every layer after a prefill of text_len text and n visual tokens."""
-        plan = None if self.prune_layer is None else PruningPlan(
-            self.prune_layer, self.keep, "oracle", ssr_layer=self.ssr_layer, ssr_mode=self.ssr_mode,
-            ssr_keep=self.ssr_keep)  # the selector does not change the row counts
-        return [rows.kv for rows in layer_rows(plan, self.num_layers, text_len, n)]
+        return [rows.kv for rows in layer_rows(self.plan, self.num_layers, text_len, n)]
 
 
 @dataclass(frozen=True)
