@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 from halfv_export.bench import (DECODE_REPEAT_FACTOR, decode_feeds, paired_ratio, prompt_feeds, summarize,
@@ -80,7 +79,7 @@ def main() -> int:
     result["decode"] = {"visual_tokens": counts[0], **{
         k: {**summarize(v), "tokens_per_s": 1.0 / (sum(v) / len(v)),
             "context": int(first_outputs[k][present_name(0, "key")].shape[2])} for k, v in times.items()}}
-    print(f"[bench-graphs] decode: " + ", ".join(f"{k} {result['decode'][k]['tokens_per_s']:.2f} tokens/s"
+    print("[bench-graphs] decode: " + ", ".join(f"{k} {result['decode'][k]['tokens_per_s']:.2f} tokens/s"
                                                  for k in sessions), file=sys.stderr)
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
